@@ -1,0 +1,3 @@
+from image_segmentation.cli import main
+
+raise SystemExit(main())
