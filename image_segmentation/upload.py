@@ -1,0 +1,310 @@
+"""Upload stage: publish an export directory as one immutable model version in Cloud Storage.
+
+Layout: `gs://BUCKET/PREFIX/MODEL/VERSION/` holds the export directory's files (an
+`.mlpackage` is a folder: relative paths are kept) and a `manifest.json`, written last, that
+lists every file with its size and checksums plus the labels, metrics and source run. A
+version with a manifest is complete and verified; one without is an interrupted upload.
+
+Every write carries a generation precondition (0 = "must not exist", or the generation being
+replaced), so nothing is overwritten silently, and retrying a write after a transient error is
+safe. A retried create that finds its own first attempt already stored compares checksums
+instead of failing.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
+from google.cloud import storage as gcs
+
+from image_segmentation import storage
+from image_segmentation.errors import StageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+SOURCE_RUN_ENV_VARS = ("AIP_PIPELINE_JOB_NAME", "CLOUD_ML_JOB_ID")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--export-dir", type=Path, required=True, help="folder to upload")
+    parser.add_argument(
+        "--destination", required=True, help="gs://BUCKET/PREFIX under which models live"
+    )
+    parser.add_argument("--model-name", required=True, help="model folder name, e.g. icnet")
+    parser.add_argument("--version", required=True, help="version folder name, e.g. v3")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="trained model folder (config.json, metrics.json) for the manifest's labels and "
+        "metrics; default: export.json in the export dir",
+    )
+    parser.add_argument(
+        "--source-run",
+        help="run that produced the model (default: $AIP_PIPELINE_JOB_NAME or $CLOUD_ML_JOB_ID)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing version (its objects the new one lacks are deleted)",
+    )
+    parser.add_argument("--output-uris", type=Path, help="write the uploaded URIs here as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = upload_model(
+        args.export_dir,
+        args.destination,
+        args.model_name,
+        args.version,
+        model_dir=args.model_dir,
+        source_run=args.source_run or default_source_run(),
+        replace=args.replace,
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output_uris:
+        args.output_uris.parent.mkdir(parents=True, exist_ok=True)
+        args.output_uris.write_text(text + "\n")
+    return 0
+
+
+def default_source_run() -> str | None:
+    """The Vertex pipeline job (or legacy training job) this process runs in, if any."""
+    return next((os.environ[var] for var in SOURCE_RUN_ENV_VARS if os.environ.get(var)), None)
+
+
+def version_prefix(destination: str, model_name: str, version: str) -> tuple[str, str]:
+    """(bucket, "PREFIX/MODEL/VERSION/") after checking every part, so no path can escape."""
+    bucket, prefix = storage.split_gcs_uri(destination)
+    for what, value in (("model name", model_name), ("version", version)):
+        if not _NAME.fullmatch(value):
+            raise StageError(f"bad {what} {value!r}: use letters, digits, '.', '_' and '-'")
+    parts = [part for part in prefix.split("/") if part]
+    if any(part in (".", "..") for part in parts):
+        raise StageError(f"bad destination {destination!r}: '.' and '..' are not allowed")
+    return bucket, "/".join([*parts, model_name, version]) + "/"
+
+
+def collect_files(export_dir: Path) -> dict[str, Path]:
+    """Every file below `export_dir` by its POSIX path relative to it, sorted."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise StageError(f"export dir {export_dir} does not exist or is not a folder")
+    files = {
+        path.relative_to(export_dir).as_posix(): path
+        for path in sorted(export_dir.rglob("*"))
+        if path.is_file()
+    }
+    if not files:
+        raise StageError(f"export dir {export_dir} holds no files")
+    if MANIFEST in files:
+        raise StageError(f"export dir {export_dir} already holds a {MANIFEST}; it is written here")
+    return files
+
+
+def model_info(export_dir: Path, model_dir: Path | None) -> dict:
+    """Labels, model config and metrics for the manifest.
+
+    From the model dir's config.json and metrics.json when given, else from the export dir's
+    export.json (keys "labels", "config", "metrics"), else empty with a warning.
+    """
+    if model_dir is not None:
+        config = _read_json(Path(model_dir) / "config.json", required=True)
+        metrics = _read_json(Path(model_dir) / "metrics.json", required=False)
+        labels = config.get("labels")
+        config = {key: value for key, value in config.items() if key != "labels"}
+        return {"labels": labels, "config": config, "metrics": metrics}
+    exported = _read_json(Path(export_dir) / "export.json", required=False)
+    if exported is None:
+        log.warning("no --model-dir and no export.json: the manifest has no labels or metrics")
+        exported = {}
+    return {key: exported.get(key) for key in ("labels", "config", "metrics")}
+
+
+def _read_json(path: Path, required: bool) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise StageError(f"{path} does not exist")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StageError(f"{path} is not valid JSON: {error}") from error
+
+
+def same_content(blob: gcs.Blob, checksums: dict[str, str], size: int) -> bool:
+    """Whether a stored object holds exactly the local bytes (size, crc32c and md5 agree)."""
+    return (
+        blob.size == size
+        and blob.crc32c == checksums["crc32c"]
+        and blob.md5_hash == checksums["md5"]
+    )
+
+
+def put_file(
+    bucket: gcs.Bucket,
+    name: str,
+    path: Path,
+    checksums: dict[str, str],
+    if_generation_match: int,
+    retry: Retry = storage.RETRY,
+) -> gcs.Blob:
+    """Write one object under a generation precondition and return it with its metadata.
+
+    If the precondition fails because an earlier attempt of this very write landed (its
+    response was lost and the client retried), the stored object has our checksums: accept
+    it. Any other object there means someone else wrote it: refuse.
+    """
+    blob = bucket.blob(name)
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    try:
+        blob.upload_from_filename(
+            str(path),
+            content_type=content_type,
+            if_generation_match=if_generation_match,
+            checksum="auto",
+            crc32c_checksum_value=checksums["crc32c"],
+            retry=retry,
+        )
+    except api_exceptions.PreconditionFailed:
+        stored = bucket.get_blob(name, retry=retry)
+        if stored is not None and same_content(stored, checksums, path.stat().st_size):
+            log.info("%s was already written by an earlier attempt; checksums match", name)
+            return stored
+        raise StageError(
+            f"gs://{bucket.name}/{name} was changed by someone else during the upload"
+        ) from None
+    if not same_content(blob, checksums, path.stat().st_size):
+        raise StageError(f"gs://{bucket.name}/{name} does not match {path} after the upload")
+    return blob
+
+
+def verify_objects(
+    bucket: gcs.Bucket, prefix: str, expected: dict[str, dict], retry: Retry = storage.RETRY
+) -> None:
+    """List `prefix` and check it holds exactly the expected objects with their checksums.
+
+    `expected` maps object names to {"size", "crc32c", "md5"}; the manifest is ignored.
+    """
+    stored = {
+        blob.name: blob
+        for blob in bucket.list_blobs(prefix=prefix, retry=retry)
+        if blob.name != prefix + MANIFEST
+    }
+    problems = [f"missing {name}" for name in sorted(expected.keys() - stored.keys())]
+    problems += [f"unexpected {name}" for name in sorted(stored.keys() - expected.keys())]
+    problems += [
+        f"checksum mismatch for {name}"
+        for name, want in sorted(expected.items())
+        if name in stored and not same_content(stored[name], want, want["size"])
+    ]
+    if problems:
+        raise StageError(f"verification of gs://{bucket.name}/{prefix} failed: {problems}")
+
+
+def upload_model(
+    export_dir: Path,
+    destination: str,
+    model_name: str,
+    version: str,
+    *,
+    model_dir: Path | None = None,
+    source_run: str | None = None,
+    replace: bool = False,
+    client: gcs.Client | None = None,
+    retry: Retry = storage.RETRY,
+) -> dict:
+    """Upload `export_dir` as gs://.../MODEL/VERSION/, verify it, then write the manifest.
+
+    Returns {"uri", "manifest", "files"} (gs:// URIs). With `replace`, the old manifest goes
+    first (the version reads as incomplete until the new one lands), unchanged files are
+    kept, changed ones overwritten and files the new export lacks deleted.
+    """
+    bucket_name, prefix = version_prefix(destination, model_name, version)
+    uri = f"gs://{bucket_name}/{prefix}"
+    files = collect_files(export_dir)
+    info = model_info(export_dir, model_dir)
+    client = client or storage.gcs_client()
+    bucket = client.bucket(bucket_name)
+
+    try:
+        existing = {blob.name: blob for blob in bucket.list_blobs(prefix=prefix, retry=retry)}
+    except api_exceptions.NotFound as error:
+        raise StageError(f"bucket gs://{bucket_name} does not exist") from error
+    old_manifest = existing.pop(prefix + MANIFEST, None)
+    if (existing or old_manifest) and not replace:
+        state = "complete" if old_manifest else "incomplete, no manifest"
+        raise StageError(
+            f"{uri} already exists ({len(existing)} files, {state}); pass --replace to replace it"
+        )
+    if old_manifest is not None:
+        _delete(old_manifest, retry)
+
+    entries = []
+    total = len(files)
+    for index, (relative, path) in enumerate(files.items(), start=1):
+        name = prefix + relative
+        size = path.stat().st_size
+        checksums = storage.file_checksums(path)
+        old = existing.get(name)
+        if old is not None and same_content(old, checksums, size):
+            log.info("[%d/%d] %s unchanged (%d bytes), kept", index, total, relative, size)
+            blob = old
+        else:
+            log.info("[%d/%d] uploading %s (%d bytes)", index, total, relative, size)
+            generation = old.generation if old is not None else 0
+            blob = put_file(bucket, name, path, checksums, generation, retry)
+        entries.append({"path": relative, "size": size, **checksums, "generation": blob.generation})
+
+    for name in sorted(existing.keys() - {prefix + entry["path"] for entry in entries}):
+        log.info("deleting stale gs://%s/%s", bucket_name, name)
+        _delete(existing[name], retry)
+
+    verify_objects(bucket, prefix, {prefix + entry["path"]: entry for entry in entries}, retry)
+    log.info("verified %d files (%d bytes)", total, sum(entry["size"] for entry in entries))
+
+    manifest = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "model_name": model_name,
+        "version": version,
+        "uri": uri,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source_run": source_run,
+        **info,
+        "files": entries,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        manifest_path = Path(scratch) / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        stored = put_file(
+            bucket,
+            prefix + MANIFEST,
+            manifest_path,
+            storage.file_checksums(manifest_path),
+            0,
+            retry,
+        )
+    log.info("wrote %s%s (%d bytes)", uri, MANIFEST, stored.size)
+    return {
+        "uri": uri,
+        "manifest": uri + MANIFEST,
+        "files": [uri + entry["path"] for entry in entries],
+    }
+
+
+def _delete(blob: gcs.Blob, retry: Retry) -> None:
+    """Delete exactly the generation we listed; a retry that finds it gone is fine."""
+    with contextlib.suppress(api_exceptions.NotFound):
+        blob.delete(if_generation_match=blob.generation, retry=retry)

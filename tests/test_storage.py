@@ -1,0 +1,71 @@
+"""storage.py against a real gcp-storage-emulator server through the real client."""
+
+import os
+
+import pytest
+
+from image_segmentation import storage
+from image_segmentation.errors import StageError
+
+
+def test_uri_helpers():
+    assert storage.is_gcs_uri("gs://bucket/a/b")
+    assert not storage.is_gcs_uri("/gcs/bucket/a")
+    assert storage.split_gcs_uri("gs://my-bucket/a/b.txt") == ("my-bucket", "a/b.txt")
+    assert storage.split_gcs_uri("gs://my-bucket") == ("my-bucket", "")
+    for bad in ("s3://bucket/x", "gs://", "gs://Bad_Bucket/x", "gs:///x"):
+        with pytest.raises(StageError):
+            storage.split_gcs_uri(bad)
+
+
+def test_file_checksums_match_gcs(gcs_client, tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(3000) + b"tail")
+    blob = gcs_client.create_bucket("sums").blob("data.bin")
+    blob.upload_from_filename(str(path))
+    sums = storage.file_checksums(path)
+    assert (sums["crc32c"], sums["md5"]) == (blob.crc32c, blob.md5_hash)
+    assert len(sums["sha256"]) == 64
+
+
+def test_client_uses_emulator(gcs_emulator, gcs_client):
+    gcs_client.create_bucket("via-client").blob("x").upload_from_string(b"hello")
+    client = storage.gcs_client()
+    assert client.project == storage.EMULATOR_PROJECT
+    assert client.bucket("via-client").blob("x").download_as_bytes() == b"hello"
+
+
+def test_download_file_and_dir(gcs_client, tmp_path):
+    bucket = gcs_client.create_bucket("downloads")
+    contents = {
+        "run/a.txt": b"alpha",
+        "run/sub/b.bin": os.urandom(2048),
+        "run/sub/deeper/c.json": b"{}",
+        "run/": b"",  # a console-made folder placeholder, skipped
+        "other/d.txt": b"not under the prefix",
+    }
+    for name, data in contents.items():
+        bucket.blob(name).upload_from_string(data)
+
+    single = storage.download_file("gs://downloads/run/sub/b.bin", tmp_path / "one" / "b.bin")
+    assert single.read_bytes() == contents["run/sub/b.bin"]
+    into_folder = storage.download_file("gs://downloads/run/a.txt", tmp_path / "one")
+    assert into_folder == tmp_path / "one" / "a.txt"
+    assert into_folder.read_bytes() == b"alpha"
+
+    out = storage.download_dir("gs://downloads/run", tmp_path / "all")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["a.txt", "sub/b.bin", "sub/deeper/c.json"]
+    assert (out / "sub" / "b.bin").read_bytes() == contents["run/sub/b.bin"]
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_download_missing(gcs_client, tmp_path):
+    gcs_client.create_bucket("empty-one")
+    with pytest.raises(StageError, match="does not exist"):
+        storage.download_file("gs://empty-one/nothing.bin", tmp_path / "x.bin")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StageError, match="no objects"):
+        storage.download_dir("gs://empty-one/prefix/", tmp_path / "dir")
+    with pytest.raises(StageError, match="folder"):
+        storage.download_file("gs://empty-one/prefix/", tmp_path / "x.bin")
