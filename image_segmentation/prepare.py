@@ -1,0 +1,434 @@
+"""Stage 2: filter ADE20K by a class whitelist into sharded TFRecords for training.
+
+Each sample is checked in this order, and the first failure decides its fate: the image file
+opens as a JPEG; the annotation exists and is an 8-bit single-channel PNG of the image's size
+with values 0..150; the whole JPEG stream decodes; its whitelisted classes reach the threshold
+(not counting `none`). Bad samples are skipped with a warning and counted by reason; images below
+the threshold are counted apart. Kept images keep their original JPEG bytes unless they are
+grayscale or CMYK (re-encoded as RGB); masks are remapped to output classes and stored as PNG.
+
+Samples go to shards by a seeded shuffle (ADE20K's names are ordered by scene); each shard is
+written by one worker process, in order, so the output is byte-identical for any number of
+workers (parallelism is per shard: more workers than shards would idle).
+"""
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import logging
+import multiprocessing
+import os
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from image_segmentation import ade20k, labels, records
+from image_segmentation.errors import StageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.6
+DEFAULT_TRAIN_SHARDS = 16
+DEFAULT_VAL_SHARDS = 2
+SPLITS = {"train": "training", "val": "validation"}  # output prefix -> ADE20K folder
+REASONS = (
+    "unreadable_image",
+    "missing_annotation",
+    "unreadable_annotation",
+    "size_mismatch",
+    "mask_value_out_of_range",
+)
+KEPT, BELOW_THRESHOLD = "kept", "below_threshold"
+JPEG_QUALITY = 95  # only for the few images that must be re-encoded
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every worker needs to process a sample: small, so it pickles cheaply."""
+
+    lookup: tuple[int, ...]  # 256 entries: ADE20K pixel value -> output class
+    num_classes: int
+    threshold: float | None  # None: keep every readable sample
+
+
+@dataclass(frozen=True)
+class Result:
+    """The fate of one sample; `record` and `pixel_counts` are set only when it is kept."""
+
+    name: str
+    status: str  # KEPT, BELOW_THRESHOLD or one of REASONS
+    detail: str = ""
+    record: bytes = b""
+    pixel_counts: tuple[int, ...] = ()
+    converted_to_rgb: bool = False
+
+
+@dataclass
+class SplitStats:
+    """What stats.json says about one split; pixel counts are over the kept samples."""
+
+    considered: int = 0
+    kept: int = 0
+    below_threshold: int = 0
+    converted_to_rgb: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    pixel_counts: list[int] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    records_per_shard: list[int] = field(default_factory=list)
+
+    def add_shard(self, name: str, results: list[Result]) -> None:
+        for result in results:
+            self.considered += 1
+            if result.status == KEPT:
+                self.kept += 1
+                self.converted_to_rgb += result.converted_to_rgb
+                self.pixel_counts = [
+                    a + b for a, b in zip(self.pixel_counts, result.pixel_counts, strict=True)
+                ]
+            elif result.status == BELOW_THRESHOLD:
+                self.below_threshold += 1
+            else:
+                self.skipped[result.status] += 1
+        self.shards.append(name)
+        self.records_per_shard.append(sum(r.status == KEPT for r in results))
+
+    def to_json(self, class_labels: tuple[str, ...]) -> dict:
+        return {
+            "considered": self.considered,
+            "kept": self.kept,
+            "below_threshold": self.below_threshold,
+            "converted_to_rgb": self.converted_to_rgb,
+            "skipped": self.skipped,
+            "pixel_counts": dict(zip(class_labels, self.pixel_counts, strict=True)),
+            "shards": self.shards,
+            "records_per_shard": self.records_per_shard,
+        }
+
+
+def shard_names(prefix: str, num_shards: int) -> list[str]:
+    """`train-00000-of-00016.tfrecord`, ...: the names the train stage globs for."""
+    return [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def assign_shards(
+    samples: list[ade20k.Sample], num_shards: int, seed: int
+) -> list[list[ade20k.Sample]]:
+    """Split samples into shards of near-equal size after a seeded shuffle.
+
+    ADE20K's training names run scene by scene, so contiguous shards would each hold a few
+    scenes and a small shuffle buffer in training would see one scene at a time.
+    """
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [[samples[i] for i in part] for part in np.array_split(order, num_shards)]
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(mask: Image.Image) -> bytes:
+    """An 8-bit grayscale PNG of unfiltered rows at zlib level 1.
+
+    Class masks are long runs of a few values, so this is about as small as PIL's encoder with
+    its per-row filter search, in a third of the time.
+    """
+    width, height = mask.size
+    rows = Image.new("L", (width + 1, height))  # column 0: each row's filter type, 0 (none)
+    rows.paste(mask, (1, 0))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _rgb_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def process_sample(sample: ade20k.Sample, options: Options) -> Result:
+    """Check, filter and encode one sample; never raises for bad data."""
+    name = sample.name
+    # PIL raises many exception types on corrupt files, hence the broad excepts below.
+    try:
+        image_bytes = sample.image.read_bytes()
+        image = Image.open(io.BytesIO(image_bytes))
+    except Image.UnidentifiedImageError:
+        return Result(name, "unreadable_image", "not an image file")
+    except Exception as error:
+        return Result(name, "unreadable_image", str(error))
+    if image.format != "JPEG":
+        return Result(name, "unreadable_image", f"not a JPEG file ({image.format})")
+    if not sample.annotation.is_file():
+        return Result(name, "missing_annotation", f"no {sample.annotation.name}")
+    try:
+        mask = Image.open(sample.annotation)
+        mask.load()
+    except Exception as error:
+        return Result(name, "unreadable_annotation", str(error))
+    if mask.mode != "L":
+        return Result(name, "unreadable_annotation", f"mode {mask.mode}, expected 8-bit gray")
+    if mask.size != image.size:
+        return Result(name, "size_mismatch", f"image {image.size}, annotation {mask.size}")
+    histogram = mask.histogram()
+    if any(histogram[labels.NUM_ADE_CLASSES + 1 :]):
+        top = max(v for v, n in enumerate(histogram) if n)
+        return Result(name, "mask_value_out_of_range", f"value {top} > {labels.NUM_ADE_CLASSES}")
+    width, height = image.size
+    converted = image.mode != "RGB"  # grayscale or CMYK
+    try:
+        if not converted:
+            # Decoding at libjpeg's smallest scale (1/8) still reads the whole stream, and
+            # costs a fraction of a full decode: enough to catch truncated files.
+            image.draft("L", (1, 1))
+        image.load()
+    except Exception as error:
+        return Result(name, "unreadable_image", str(error))
+    counts = np.bincount(options.lookup, weights=histogram, minlength=options.num_classes)
+    pixel_counts = tuple(int(n) for n in counts)
+    if options.threshold is not None:
+        present = sum(1 for n in pixel_counts[1:] if n)
+        if present / (options.num_classes - 1) < options.threshold:
+            return Result(name, BELOW_THRESHOLD, f"{present} of {options.num_classes - 1}")
+    if converted:
+        image_bytes = _rgb_jpeg(image)
+    mask_png = encode_png(mask.point(options.lookup))
+    record = records.segmentation_example(image_bytes, sample.image.name, height, width, mask_png)
+    return Result(name, KEPT, record=record, pixel_counts=pixel_counts, converted_to_rgb=converted)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output file and the samples, in order, that go into it."""
+
+    split: str  # "train" or "val"
+    path: Path
+    samples: tuple[ade20k.Sample, ...]
+
+
+def write_shard(shard: Shard, options: Options) -> list[Result]:
+    """Process a shard's samples in order and write the kept ones' records to its file.
+
+    Runs in a worker process; returns the results without their records, so little data goes
+    back to the main process.
+    """
+    results = []
+    with records.TFRecordWriter(shard.path) as writer:
+        for sample in shard.samples:
+            result = process_sample(sample, options)
+            if result.status == KEPT:
+                writer.write(result.record)
+                result = replace(result, record=b"")
+            results.append(result)
+    return results
+
+
+def _clear_outputs(output_dir: Path) -> None:
+    """Remove what an earlier run left, stats.json first, so no stale shard is picked up."""
+    (output_dir / "stats.json").unlink(missing_ok=True)
+    for prefix in SPLITS:
+        for pattern in (f"{prefix}-*-of-*.tfrecord", f"{prefix}-*-of-*.tfrecord.partial"):
+            for path in output_dir.glob(pattern):
+                path.unlink()
+
+
+def _threshold(whitelist: str | None, threshold: float | None) -> float | None:
+    """The threshold in force: none without a whitelist, DEFAULT_THRESHOLD when not given."""
+    if not whitelist:
+        if threshold is not None:
+            log.warning("no whitelist: --threshold %s is ignored", threshold)
+        return None
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise StageError(f"threshold must be between 0 and 1, got {threshold}")
+    return threshold
+
+
+@contextlib.contextmanager
+def _ordered_results(task, items: list, workers: int) -> Iterator:
+    """`task` over `items`, results in order: in this process for one worker, else from a pool.
+
+    The pool uses the platform's start method: fork on Linux (before Python 3.14) starts workers
+    in milliseconds instead of seconds; workers only decode, encode and write files.
+    """
+    if workers == 1:
+        yield map(task, items)
+        return
+    with multiprocessing.Pool(min(workers, len(items))) as pool:
+        yield pool.imap(task, items)
+
+
+def prepare_dataset(
+    dataset_dir: Path,
+    output_dir: Path,
+    whitelist: str | None = None,
+    threshold: float | None = None,
+    train_shards: int = DEFAULT_TRAIN_SHARDS,
+    val_shards: int = DEFAULT_VAL_SHARDS,
+    workers: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Write the TFRecord shards, labels.txt and (last) stats.json; return the stats.
+
+    Without a whitelist all 150 classes are kept and no threshold applies; with one, the
+    threshold defaults to DEFAULT_THRESHOLD.
+    """
+    classes = labels.parse_whitelist(whitelist)  # raises before anything is written
+    threshold = _threshold(whitelist, threshold)
+    if train_shards < 1 or val_shards < 1:
+        raise StageError("--train-shards and --val-shards must be at least 1")
+    workers = workers if workers is not None else os.cpu_count() or 1
+    if workers < 1:
+        raise StageError(f"--workers must be at least 1, got {workers}")
+    dataset = ade20k.find_dataset(Path(dataset_dir))
+    samples = {prefix: ade20k.list_samples(dataset, split) for prefix, split in SPLITS.items()}
+    if not any(samples.values()):
+        raise StageError(
+            f"no images in {dataset}/images/{{training,validation}}: "
+            f"expected the {ade20k.DATASET_DIR} layout"
+        )
+    for prefix, found in samples.items():
+        if not found:
+            log.warning(
+                "no %s images in %s: writing empty %s shards", SPLITS[prefix], dataset, prefix
+            )
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(output_dir)
+    (output_dir / "labels.txt").write_text(labels.format_labels_file(classes))
+
+    shard_counts = {"train": train_shards, "val": val_shards}
+    shards = [
+        Shard(prefix, output_dir / name, tuple(part))
+        for prefix in SPLITS
+        for part, name in zip(
+            assign_shards(samples[prefix], shard_counts[prefix], seed),
+            shard_names(prefix, shard_counts[prefix]),
+            strict=True,
+        )
+    ]
+    options = Options(
+        lookup=tuple(int(v) for v in classes.lookup_table()),
+        num_classes=classes.num_classes,
+        threshold=threshold,
+    )
+    task = functools.partial(write_shard, options=options)
+    stats = {p: SplitStats(pixel_counts=[0] * classes.num_classes) for p in SPLITS}
+    total = sum(len(found) for found in samples.values())
+    started = time.monotonic()
+    with (
+        _ordered_results(task, shards, workers) as shard_results,
+        logging_redirect_tqdm(),
+        tqdm(total=total, desc="prepare", unit="img", file=sys.stderr) as progress,
+    ):
+        for shard, results in zip(shards, shard_results, strict=True):
+            stats[shard.split].add_shard(shard.path.name, results)
+            for result in results:
+                if result.status not in (KEPT, BELOW_THRESHOLD):
+                    log.warning("skipped %s: %s (%s)", result.name, result.status, result.detail)
+            progress.update(len(results))
+    elapsed = time.monotonic() - started
+
+    summary = {
+        "format_version": 1,
+        "whitelist": whitelist or None,
+        "threshold": threshold,
+        "seed": seed,
+        "labels": list(classes.labels),
+        "num_classes": classes.num_classes,
+        "splits": {p: stats[p].to_json(classes.labels) for p in SPLITS},
+    }
+    partial = output_dir / "stats.json.partial"
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    partial.replace(output_dir / "stats.json")
+    for prefix, split_stats in stats.items():
+        skipped = sum(split_stats.skipped.values())
+        log.info(
+            "%s: kept %d of %d (%d below threshold, %d skipped, %d converted to RGB)",
+            prefix, split_stats.kept, split_stats.considered, split_stats.below_threshold,
+            skipped, split_stats.converted_to_rgb,
+        )  # fmt: skip
+        if split_stats.considered and not split_stats.kept:
+            log.warning("%s: no sample kept; is the threshold too high?", prefix)
+    log.info("%d images in %.1f s with %d workers", total, elapsed, workers)
+    return summary
+
+
+def list_labels() -> str:
+    """The 150 ADE20K classes as `idx<TAB>name`, the names a whitelist may use."""
+    return "".join(f"{c.index}\t{c.name}\n" for c in labels.load_ade_classes())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset-dir", type=Path,
+        help=f"the extracted dataset: {ade20k.DATASET_DIR}/ or the folder that holds it",
+    )  # fmt: skip
+    parser.add_argument("--output-dir", type=Path, help="where the shards and stats go")
+    parser.add_argument(
+        "--whitelist",
+        help="output classes separated by '|', ADE20K classes merged into one by ':', e.g. "
+        "'person|car:truck|wall' (see --list-labels); class 0 is always 'none'. "
+        "Default: all 150 classes, and no threshold filtering",
+    )
+    parser.add_argument(
+        "--threshold", type=float,
+        help="with --whitelist: keep an image when at least this fraction of the whitelisted "
+        f"classes (not counting 'none') appear in its mask (default {DEFAULT_THRESHOLD}); "
+        "ignored without --whitelist",
+    )  # fmt: skip
+    parser.add_argument(
+        "--train-shards", type=int, default=DEFAULT_TRAIN_SHARDS,
+        help="TFRecord files for the training split (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val-shards", type=int, default=DEFAULT_VAL_SHARDS,
+        help="TFRecord files for the validation split (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int,
+        help="processes, at most one per shard (default: the number of CPUs); the output "
+        "does not depend on it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the shuffle into shards (default 0)"
+    )
+    parser.add_argument(
+        "--list-labels", action="store_true",
+        help="print the 150 ADE20K classes (idx<TAB>name) and exit",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_labels:
+        sys.stdout.write(list_labels())
+        return 0
+    if args.dataset_dir is None or args.output_dir is None:
+        raise StageError("--dataset-dir and --output-dir are required (or use --list-labels)")
+    prepare_dataset(
+        args.dataset_dir,
+        args.output_dir,
+        whitelist=args.whitelist,
+        threshold=args.threshold,
+        train_shards=args.train_shards,
+        val_shards=args.val_shards,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    return 0
