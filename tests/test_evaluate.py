@@ -1,0 +1,298 @@
+"""The evaluate stage end to end on a tiny model dir and prepared-style validation shards."""
+
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_segmentation import cli, dataset, evaluate, icnet, labels, metrics, records, report
+from image_segmentation.errors import StageError
+
+LABELS = ["none", "red thing", "green thing"]
+COLORS = np.array([(25, 25, 25), (225, 30, 30), (30, 225, 30)], dtype=np.uint8)
+SIZES = [(40, 60), (50, 50), (33, 47), (64, 96), (45, 30)]  # first shard: 3, second: 2
+MODEL_SIZE = (64, 64)
+HISTORY = [
+    {"epoch": 1, "loss": 2.0, "val_mean_iou": 0.1, "val_pixel_accuracy": 0.4},
+    {"epoch": 2, "loss": 1.2, "val_mean_iou": 0.3, "val_pixel_accuracy": 0.6},
+    {"epoch": 3, "loss": 0.9, "val_mean_iou": 0.35, "val_pixel_accuracy": 0.7},
+]
+
+
+def encode(pixels: np.ndarray, format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format, quality=95)
+    return buffer.getvalue()
+
+
+def make_masks(seed: int = 0) -> list[np.ndarray]:
+    """Masks of regions 10 px wide: every class in every image, sizes and aspects differ."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for height, width in SIZES:
+        grid = rng.integers(0, 3, size=(height // 10 + 1, width // 10 + 1))
+        grid.flat[:3] = [0, 1, 2]
+        masks.append(np.kron(grid, np.ones((10, 10), int))[:height, :width].astype(np.uint8))
+    return masks
+
+
+def write_data_dir(path, masks, class_labels=LABELS):
+    """A prepare-stage output: labels.txt and two val shards of JPEG images + PNG masks."""
+    path.mkdir(parents=True, exist_ok=True)
+    whitelist = labels.Whitelist(tuple(class_labels), tuple((i,) for i in range(len(class_labels))))
+    (path / "labels.txt").write_text(labels.format_labels_file(whitelist))
+    for shard, chunk in enumerate((masks[:3], masks[3:])):
+        with records.TFRecordWriter(path / f"val-{shard:05d}-of-00002.tfrecord") as writer:
+            for number, mask in enumerate(chunk):
+                height, width = mask.shape
+                writer.write(
+                    records.segmentation_example(
+                        encode(COLORS[mask], "JPEG"),
+                        f"val_{shard}_{number}.jpg",
+                        height,
+                        width,
+                        encode(mask, "PNG"),
+                    )
+                )
+    return path
+
+
+@pytest.fixture(scope="module")
+def masks():
+    return make_masks()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, masks):
+    return write_data_dir(tmp_path_factory.mktemp("prepared"), masks)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A train-stage model dir whose ICNet says "red thing" everywhere: its classifier's
+    kernel is zero and its bias favours class 1, so every score has an exact expected value."""
+    path = tmp_path_factory.mktemp("model")
+    model = icnet.build_icnet(len(LABELS), MODEL_SIZE, alpha=0.125)
+    classifier = model.get_layer("conv6_cls_logits")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([np.zeros_like(kernel), np.array([0.0, 2.0, 0.0], bias.dtype)])
+    model.save_weights(path / "model.weights.h5")
+    config = {
+        "format_version": 1,
+        "labels": LABELS,
+        "num_classes": len(LABELS),
+        "image_size": list(MODEL_SIZE),
+        "alpha": 0.125,
+        "normalization": {"scale": 1 / 255, "offset": -0.5},
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "history.json").write_text(json.dumps(HISTORY))
+    return path
+
+
+def class_counts(masks) -> np.ndarray:
+    return sum(np.bincount(mask.ravel(), minlength=3) for mask in masks)
+
+
+@pytest.mark.slow
+def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_files(
+    tmp_path, data_dir, model_dir, masks, capsys
+):
+    out = tmp_path / "eval"
+    kfp_metrics, kfp_matrix, gate = tmp_path / "m.json", tmp_path / "cm.json", tmp_path / "miou"
+    status = cli.main(
+        ["evaluate", "--model-dir", str(model_dir), "--data-dir", str(data_dir),
+         "--output-dir", str(out), "--batch-size", "2", "--report-images", "4",
+         "--metrics-json", str(kfp_metrics), "--confusion-matrix-json", str(kfp_matrix),
+         "--miou-output", str(gate)]
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads((out / "metrics.json").read_text())
+    n0, n1, n2 = class_counts(masks)  # the model says class 1 on every pixel
+    assert result["images"] == len(SIZES)
+    assert result["labels"] == LABELS
+    assert result["confusion_matrix"] == [[0, n0, 0], [0, n1, 0], [0, n2, 0]]
+    assert result["gate_metric"] == "miou"
+    assert result["miou"] == pytest.approx((n1 / (n1 + n2) + 0.0) / 2)
+    assert result["pixel_accuracy"] == pytest.approx(n1 / (n1 + n2))
+    assert result["ignore_none"]["class_iou"] == {
+        "none": None,
+        "red thing": pytest.approx(n1 / (n1 + n2)),
+        "green thing": 0.0,
+    }
+    total = n0 + n1 + n2
+    assert result["miou_all_classes"] == pytest.approx(n1 / total / 3)
+    assert result["pixel_accuracy_all_classes"] == pytest.approx(n1 / total)
+    assert result["all_classes"]["pixels_scored"] == total
+
+    assert capsys.readouterr().out.strip() == f"miou {result['miou']:.6f}"
+    assert float(gate.read_text()) == result["miou"]
+    assert json.loads(kfp_metrics.read_text()) == {
+        "miou": result["miou"],
+        "pixel_accuracy": result["pixel_accuracy"],
+        "miou_all_classes": result["miou_all_classes"],
+        "pixel_accuracy_all_classes": result["pixel_accuracy_all_classes"],
+    }
+    matrix = json.loads(kfp_matrix.read_text())["confusionMatrix"]
+    assert matrix["annotationSpecs"] == [{"displayName": name} for name in LABELS]
+    assert matrix["rows"] == [{"row": row} for row in result["confusion_matrix"]]
+
+    page = (out / "report.html").read_text()
+    assert all(name in page for name in LABELS)
+    assert page.count('<section class="example">') == 4
+    assert page.count('src="data:image/jpeg;base64,') == 3 * 4
+    assert "val_0_0.jpg" in page and "val_1_0.jpg" in page  # the first 4, in file order
+    assert "val_1_1.jpg" not in page
+    assert '<svg class="bars"' in page and page.count('<svg class="curve"') == 2
+    assert len(re.findall(r"<polyline ", page)) == 3  # loss; val mean IoU and pixel accuracy
+    assert f"{100 * result['miou']:.1f}%" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched
+
+
+@pytest.mark.slow
+def test_max_images_scores_only_the_first_records(tmp_path, data_dir, model_dir, masks):
+    result = evaluate.evaluate(model_dir, data_dir, tmp_path, max_images=2, report_images=0)
+    n0, n1, n2 = class_counts(masks[:2])
+    assert result["images"] == 2
+    assert result["confusion_matrix"] == [[0, n0, 0], [0, n1, 0], [0, n2, 0]]
+    page = (tmp_path / "report.html").read_text()
+    assert '<section class="example">' not in page and "No images requested" in page
+
+
+def test_labels_of_model_and_data_must_agree(tmp_path, model_dir, masks):
+    other = write_data_dir(tmp_path / "data", masks, ["none", "red thing", "blue thing"])
+    with pytest.raises(StageError, match="different labels: class 2: model 'green thing'"):
+        evaluate.evaluate(model_dir, other, tmp_path / "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_missing_inputs_are_clear_errors(tmp_path, data_dir, model_dir):
+    with pytest.raises(StageError, match=r"model dir .* does not exist"):
+        evaluate.evaluate(tmp_path / "nope", data_dir, tmp_path / "out")
+    with pytest.raises(StageError, match=r"data dir .* does not exist"):
+        evaluate.evaluate(model_dir, tmp_path / "nope", tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StageError, match=r"no labels\.txt"):
+        evaluate.evaluate(model_dir, empty, tmp_path / "out")
+    (empty / "labels.txt").write_text((data_dir / "labels.txt").read_text())
+    with pytest.raises(StageError, match="no validation shards"):
+        evaluate.evaluate(model_dir, empty, tmp_path / "out")
+    with pytest.raises(StageError, match="--max-images"):
+        evaluate.evaluate(model_dir, data_dir, tmp_path / "out", max_images=0)
+
+
+def test_cli_reports_a_bad_input_as_one_line(tmp_path, data_dir, capsys):
+    status = cli.main(
+        ["evaluate", "--model-dir", str(tmp_path / "nope"), "--data-dir", str(data_dir),
+         "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert status == 2
+    assert re.fullmatch(r"error: model dir \S+ does not exist\n", capsys.readouterr().err)
+
+
+def colour_model() -> keras.Model:
+    """A real (tiny) segmentation model: class from the pixel colour at S/4, like ICNet's
+    output, so the predicted map has structure that a transposed or misaligned resize breaks."""
+    image = keras.Input((*MODEL_SIZE, 3), name="image")
+    pooled = keras.layers.AveragePooling2D(4)(image)
+    logits = keras.layers.Conv2D(3, 1, name="colour")(pooled)
+    model = keras.Model(image, keras.layers.Softmax()(logits))
+    # normalized colours are about -0.4 (dark) or +0.4 (bright) per channel
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    kernel[0, 0, 0, 1] = kernel[0, 0, 1, 2] = 10.0
+    model.get_layer("colour").set_weights([kernel, np.zeros(3, np.float32)])
+    return model
+
+
+def test_predictions_are_upsampled_to_each_annotation_in_the_right_orientation(data_dir, masks):
+    batches = evaluate.validation_batches(
+        dataset.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, None
+    )
+    confusion, examples, seen = evaluate.evaluate_model(colour_model(), batches, 3, 5, 2)
+    assert seen == 5 and confusion.sum() == sum(mask.size for mask in masks)
+    # only pixels near region borders may be wrong (4x pooling, resize to 64x64 and back)
+    assert np.trace(confusion) / confusion.sum() > 0.9
+    assert [e.name for e in examples] == ["val_0_0.jpg", "val_0_1.jpg"]
+    assert examples[0].truth.tolist() == masks[0].tolist()  # 60 px wide: kept at full size
+    assert examples[0].pixel_accuracy > 0.9
+
+
+def test_a_mask_value_beyond_the_labels_is_refused(data_dir):
+    batches = evaluate.validation_batches(
+        dataset.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, 1
+    )
+    with pytest.raises(StageError, match="mask value 2, but the labels list only 2 classes"):
+        evaluate.evaluate_model(colour_model(), batches, 2, 1, 0)
+
+
+def test_predict_at_upsamples_bilinearly_then_takes_the_argmax():
+    probabilities = np.zeros((2, 4, 3), np.float32)  # left half class 1, right half class 2
+    probabilities[:, :2, 1] = probabilities[:, 2:, 2] = 1.0
+    predicted = evaluate.predict_at(probabilities, 6, 12)
+    assert predicted.shape == (6, 12)
+    assert (predicted[:, :6] == 1).all() and (predicted[:, 6:] == 2).all()
+
+
+def test_kfp_confusion_matrix_refuses_a_mismatched_matrix():
+    with pytest.raises(ValueError, match="2 labels"):
+        evaluate.kfp_confusion_matrix(np.zeros((3, 3), int), ["none", "x"])
+    assert evaluate.kfp_metrics({"miou": None, "pixel_accuracy": 0.5}) == {"pixel_accuracy": 0.5}
+
+
+def test_palette_gives_every_class_its_own_colour():
+    colors = report.palette(256)
+    assert len({tuple(color) for color in colors}) == 256
+    assert tuple(colors[0]) == (128, 128, 128)
+    assert report.palette(5).tolist() == colors[:5].tolist()  # same class, same colour
+
+
+def test_overlay_tints_classes_and_leaves_none_and_unlabelled_pixels_alone():
+    image = np.full((2, 3, 3), 100, np.uint8)
+    mask = np.array([[0, 1, 2], [255, 1, 0]], np.uint8)
+    colors = report.palette(3)
+    painted = report.overlay(image, mask, colors)
+    assert (painted[mask == 0] == 100).all() and (painted[mask == 255] == 100).all()
+    expected = np.round(100 * (1 - report.OVERLAY_ALPHA) + colors[1] * report.OVERLAY_ALPHA)
+    assert painted[0, 1].tolist() == expected.tolist()
+    assert painted[0, 1].tolist() != painted[0, 2].tolist()
+
+
+def test_report_without_history_says_so_and_escapes_names():
+    confusion = np.array([[5, 1], [2, 8]])
+    summary = metrics.summary(confusion, ["none", "<b>&co"])
+    page = report.render(summary, ["none", "<b>&co"], [], [], {"model": "m"})
+    assert "No training history" in page
+    assert "&lt;b&gt;&amp;co" in page and "<b>&co" not in page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (Debian package)")
+def test_report_renders_in_a_headless_browser(tmp_path):
+    """The page draws in Chromium: every class swatch shows in its exact palette colour."""
+    class_labels = ["none", "wall", "floor", "sky"]
+    confusion = np.array([[50, 5, 0, 0], [3, 80, 2, 0], [0, 4, 60, 0], [0, 0, 0, 0]])
+    mask = np.kron(np.array([[0, 1], [2, 3]], np.uint8), np.ones((40, 60), np.uint8))
+    example = report.make_example("a.jpg", COLORS[mask % 3], mask, mask, len(class_labels))
+    page = report.render(
+        metrics.summary(confusion, class_labels), class_labels, [example], HISTORY, {}
+    )
+    (tmp_path / "report.html").write_text(page)
+    screenshot = tmp_path / "shot.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={screenshot}", "--window-size=1280,1600",
+         (tmp_path / "report.html").as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(screenshot).convert("RGB")).reshape(-1, 3)
+    shown = {tuple(color) for color in np.unique(pixels, axis=0).tolist()}
+    assert {tuple(color) for color in report.palette(4).tolist()} <= shown
