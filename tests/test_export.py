@@ -1,0 +1,368 @@
+"""Export stage: Core ML specs read back, TFLite numerics on real images, bad input.
+
+Models are small (128x128, alpha 0.25, 4 classes) with untrained weights; the classifier is
+rescaled so the probabilities are peaked, as a trained model's are, and argmax agreement
+means something.
+"""
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import coremltools as ct
+import keras
+import numpy as np
+import pytest
+from conftest import ADE_SAMPLE
+from PIL import Image
+
+from image_segmentation import cli, dataset, export, icnet, records, train, upload
+from image_segmentation.errors import StageError
+
+SIZE = (128, 128)
+LABELS = ["none", "wall", "floor, flooring", "chair"]
+LEGACY_NORMALIZATION = {"scale": 1 / 255, "offset": -0.5}
+OTHER_NORMALIZATION = {"scale": 2 / 255, "offset": -1.0}
+METRICS = {"val_pixel_accuracy": 0.5, "val_mean_iou": 0.25}
+
+
+def write_model_dir(directory: Path, normalization: dict, alpha: float = 0.25) -> Path:
+    """A model directory as the train stage writes it (config.json, weights, metrics), with
+    random weights whose classifier is rescaled and centred so that, as in a trained model,
+    the probabilities are peaked and every class wins some pixels."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    model = icnet.build_icnet(len(LABELS), SIZE, alpha)
+    classifier = model.get_layer("conv6_cls_logits")
+    images, _ = export.load_check_images(None, SIZE, dataset.Normalization(**normalization))
+    logits = keras.Model(model.input, classifier.output)(images).numpy()
+    classifier.kernel.assign(classifier.kernel.numpy() * 10 / logits.std())
+    logits = keras.Model(model.input, classifier.output)(images).numpy()
+    classifier.bias.assign(-logits.mean(axis=(0, 1, 2)))
+    model.save_weights(directory / train.WEIGHTS_FILE)
+    config = {
+        "format_version": train.FORMAT_VERSION,
+        "labels": LABELS,
+        "num_classes": len(LABELS),
+        "image_size": list(SIZE),
+        "alpha": alpha,
+        "normalization": normalization,
+        "training": {"epochs": 1},
+    }
+    (directory / train.CONFIG_FILE).write_text(json.dumps(config))
+    (directory / train.METRICS_FILE).write_text(json.dumps(METRICS))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return write_model_dir(tmp_path_factory.mktemp("model"), LEGACY_NORMALIZATION)
+
+
+@pytest.fixture(scope="module")
+def default_export(model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The default export (FP16 ML Program, S/4 probabilities, TFLite) checked on the real
+    ADE20K images."""
+    output = tmp_path_factory.mktemp("export")
+    options = export.ExportOptions(check_images=ADE_SAMPLE / "images", version="2.1")
+    return output, export.export_model(model_dir, output, options)
+
+
+def metadata(spec) -> dict:
+    return dict(spec.description.metadata.userDefined)
+
+
+@pytest.mark.slow
+def test_default_export_is_an_fp16_ml_program_with_the_training_normalization(default_export):
+    output, result = default_export
+    spec = ct.utils.load_spec(str(output / "icnet.mlpackage"))
+    assert spec.WhichOneof("Type") == "mlProgram"
+    assert spec.specificationVersion >= ct.target.iOS16.value
+    (source,) = spec.description.input
+    assert source.name == "image"
+    assert (source.type.imageType.height, source.type.imageType.width) == SIZE
+    assert (
+        ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(source.type.imageType.colorSpace)
+        == "RGB"
+    )
+    preprocessing = export.image_preprocessing(spec)
+    assert preprocessing["scale"] == pytest.approx(LEGACY_NORMALIZATION["scale"], rel=1e-6)
+    assert preprocessing["bias"] == pytest.approx([LEGACY_NORMALIZATION["offset"]] * 3)
+    (target,) = spec.description.output
+    assert target.name == "probabilities"
+    assert list(target.type.multiArrayType.shape) == [1, SIZE[0] // 4, SIZE[1] // 4, len(LABELS)]
+    weights = export.weight_types(spec)
+    assert weights.get("FLOAT16", 0) > 60 and "FLOAT32" not in weights  # one per conv at least
+    assert result["coreml"]["weights"] == weights
+    assert result["coreml"]["input"]["scale"] == pytest.approx(1 / 255, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_default_export_carries_labels_preview_and_descriptions(default_export):
+    output, result = default_export
+    spec = ct.utils.load_spec(str(output / "icnet.mlpackage"))
+    stored = metadata(spec)
+    assert json.loads(stored["labels"]) == LABELS
+    assert stored["com.apple.coreml.model.preview.type"] == "imageSegmenter"
+    assert json.loads(stored["com.apple.coreml.model.preview.params"]) == {"labels": LABELS}
+    assert stored["output"] == "probabilities"
+    assert json.loads(stored["normalization"]) == LEGACY_NORMALIZATION
+    description = spec.description.metadata
+    assert description.versionString == "2.1"
+    assert description.author == export.DEFAULT_AUTHOR and "ADE20K" in description.license
+    assert "4 classes" in description.shortDescription
+    assert "pixel * 0.00392157 - 0.5" in spec.description.input[0].shortDescription
+    assert "1/4 of the input size" in spec.description.output[0].shortDescription
+    # The TFLite figures travel inside the Core ML model too.
+    assert (
+        json.loads(stored["tflite_checks"])["float32"]["argmax_agreement"]
+        == (result["tflite"]["float32"]["argmax_agreement"])
+    )
+
+
+@pytest.mark.slow
+def test_tflite_matches_keras_on_the_real_images(default_export, model_dir):
+    output, result = default_export
+    assert result["check_images"] == sorted(p.name for p in (ADE_SAMPLE / "images").iterdir())
+    fp32, fp16 = result["tflite"]["float32"], result["tflite"]["float16"]
+    assert fp32["max_abs_diff"] <= 1e-4 and fp32["argmax_agreement"] >= 0.999
+    assert fp16["max_abs_diff"] <= fp16["bounds"]["max_abs_diff"]
+    assert fp16["argmax_agreement"] >= fp16["bounds"]["min_argmax_agreement"]
+    assert fp16["bytes"] < 0.6 * fp32["bytes"]
+    # Independently: the files on disk reproduce Keras on the same images.
+    model, config = export.load_inference_model(model_dir)
+    images, _ = export.load_check_images(
+        ADE_SAMPLE / "images", SIZE, dataset.Normalization(**config["normalization"])
+    )
+    reference = model.predict(images, verbose=0)
+    assert reference.max(axis=-1).mean() > 0.8  # peaked, and every class wins pixels:
+    assert np.bincount(reference.argmax(-1).ravel(), minlength=len(LABELS)).min() > 0
+    on_disk = export.run_tflite((output / "icnet.tflite").read_bytes(), images)
+    assert np.abs(on_disk - reference).max() <= 1e-4
+    assert (on_disk.argmax(-1) == reference.argmax(-1)).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_export_json_lists_files_and_feeds_the_upload_stage(default_export):
+    output, result = default_export
+    assert json.loads((output / "export.json").read_text()) == result
+    assert set(result["files"]) == {
+        "icnet.mlpackage",
+        "labels.txt",
+        "icnet.tflite",
+        "icnet_fp16.tflite",
+    }
+    assert result["files"]["icnet.tflite"] == (output / "icnet.tflite").stat().st_size
+    assert result["files"]["icnet.mlpackage"] == export.path_bytes(output / "icnet.mlpackage")
+    assert (output / "labels.txt").read_text().splitlines()[1:] == [
+        f"{i}\t{label}" for i, label in enumerate(LABELS)
+    ]
+    info = upload.model_info(output, model_dir=None)
+    assert info["labels"] == LABELS
+    assert info["metrics"] == METRICS
+    assert "labels" not in info["config"] and info["config"]["alpha"] == 0.25
+    assert result["output"] == {"kind": "probabilities", "name": "probabilities",
+                                "shape": [1, 32, 32, 4]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_verify_rejects_a_spec_that_differs(default_export):
+    output, result = default_export
+    expected = {
+        "image_size": SIZE,
+        "normalization": LEGACY_NORMALIZATION,
+        "output_name": "probabilities",
+        "output_shape": result["output"]["shape"],
+        "labels": LABELS,
+        "precision": "float16",
+        "palettized": False,
+    }
+    assert export.verify_coreml(output / "icnet.mlpackage", expected)["classes"] == len(LABELS)
+    wrong = [
+        {"labels": [*LABELS, "sofa"]},
+        {"output_shape": [1, 32, 32, 5]},
+        {"normalization": OTHER_NORMALIZATION},
+        {"image_size": (256, 256)},
+        {"precision": "float32"},
+        {"output_name": "labels"},
+    ]
+    for change in wrong:
+        with pytest.raises(StageError, match="is not what was exported"):
+            export.verify_coreml(output / "icnet.mlpackage", {**expected, **change})
+
+
+@pytest.mark.slow
+def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
+    model_dir = write_model_dir(tmp_path / "model", OTHER_NORMALIZATION)
+    options = export.ExportOptions(format="neuralnetwork", output="labels", tflite=False)
+    result = export.export_model(model_dir, tmp_path / "out", options)
+    spec = ct.utils.load_spec(str(tmp_path / "out" / "icnet.mlmodel"))
+    assert spec.WhichOneof("Type") == "neuralNetwork"
+    assert spec.specificationVersion <= ct.target.iOS14.value
+    scaler = spec.neuralNetwork.preprocessing[0].scaler
+    assert scaler.channelScale == pytest.approx(2 / 255, rel=1e-6)
+    assert [scaler.redBias, scaler.greenBias, scaler.blueBias] == [-1.0, -1.0, -1.0]
+    assert spec.description.output[0].name == "labels"
+    assert export.weight_types(spec) == {"FLOAT16": result["coreml"]["weights"]["FLOAT16"]}
+    assert result["output"]["shape"] == [1, *SIZE]
+    assert json.loads(metadata(spec)["labels"]) == LABELS
+    assert result["tflite"] is None and set(result["files"]) == {"icnet.mlmodel", "labels.txt"}
+
+
+@pytest.mark.slow
+def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tmp_path):
+    options = export.ExportOptions(output="full", palettize=True, tflite=False, model_name="p8")
+    result = export.export_model(model_dir, tmp_path, options)
+    spec = ct.utils.load_spec(str(tmp_path / "p8.mlpackage"))
+    assert list(spec.description.output[0].type.multiArrayType.shape) == [1, *SIZE, len(LABELS)]
+    assert export.weight_types(spec)["palettized"] > 0
+    fp16_bytes = default_export[1]["coreml"]["bytes"]
+    assert result["coreml"]["bytes"] < 0.85 * fp16_bytes
+    assert json.loads(metadata(spec)["palettized"]) is True
+
+
+def test_label_and_full_outputs_agree_with_the_probabilities(model_dir):
+    inference, _ = export.load_inference_model(model_dir)
+    images = np.random.default_rng(0).uniform(-0.5, 0.5, size=(2, *SIZE, 3)).astype("float32")
+    full = export.with_output(inference, "full")(images, training=False).numpy()
+    label_map = export.with_output(inference, "labels")(images, training=False).numpy()
+    assert full.shape == (2, *SIZE, len(LABELS))
+    assert label_map.shape == (2, *SIZE) and label_map.dtype == np.int32
+    np.testing.assert_array_equal(label_map, full.argmax(-1))
+    assert export.with_output(inference, "probabilities") is inference
+    with pytest.raises(StageError, match="unknown output 'logits'"):
+        export.with_output(inference, "logits")
+
+
+def test_export_at_another_size_keeps_the_weights(model_dir):
+    trained, _ = export.load_inference_model(model_dir)
+    resized, config = export.load_inference_model(model_dir, (192, 160))
+    assert tuple(resized.input.shape[1:3]) == (192, 160)
+    assert tuple(resized.output.shape[1:3]) == (48, 40)
+    assert config["image_size"] == list(SIZE)
+    for ours, theirs in zip(resized.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_check_images_are_what_validation_feeds_the_model(tmp_path):
+    """The real images, through export's preprocessing and through the training input
+    pipeline (validation view of a TFRecord shard), give the same tensors."""
+    normalization = dataset.Normalization(scale=2 / 255, offset=-1.0)
+    images, names = export.load_check_images(ADE_SAMPLE / "images", SIZE, normalization)
+    assert names == ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_val_00000003.jpg"]
+    shard = tmp_path / "val-00000-of-00001.tfrecord"
+    with records.TFRecordWriter(shard) as writer:
+        for name in names:
+            jpeg = (ADE_SAMPLE / "images" / name).read_bytes()
+            mask = (ADE_SAMPLE / "annotations" / name.replace(".jpg", ".png")).read_bytes()
+            with Image.open(ADE_SAMPLE / "images" / name) as image:
+                width, height = image.size
+            writer.write(records.segmentation_example(jpeg, name, height, width, mask))
+    batches = dataset.make_dataset([shard], SIZE, 8, training=False, normalization=normalization)
+    (validation, _), *_ = list(batches)
+    np.testing.assert_allclose(images, validation.numpy(), atol=1e-5)
+    assert images.std() > 0.2  # real pixels in [-1, 1]
+
+
+def test_generated_check_images_are_deterministic(tmp_path):
+    normalization = dataset.Normalization()
+    generated, names = export.load_check_images(None, SIZE, normalization)
+    assert generated.shape == (export.SYNTHETIC_CHECK_IMAGES, *SIZE, 3) and len(names) == 3
+    np.testing.assert_array_equal(generated, export.load_check_images(None, SIZE, normalization)[0])
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(StageError, match="holds no"):
+        export.load_check_images(tmp_path, SIZE, normalization)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(StageError, match="cannot be read"):
+        export.load_check_images(tmp_path, SIZE, normalization)
+
+
+def test_numeric_bounds_are_enforced():
+    bounds = export.TFLITE_BOUNDS["float32"]
+    export.check_against_keras({"max_abs_diff": 1e-5, "argmax_agreement": 1.0}, bounds, "x")
+    with pytest.raises(StageError, match=re.escape("max abs diff 0.001 > 0.0001")):
+        export.check_against_keras({"max_abs_diff": 1e-3, "argmax_agreement": 1.0}, bounds, "x")
+    with pytest.raises(StageError, match=re.escape("argmax agreement 0.99000 < 0.999")):
+        export.check_against_keras({"max_abs_diff": 0.0, "argmax_agreement": 0.99}, bounds, "x")
+    reference = np.array([[[0.9, 0.1], [0.2, 0.8]]])
+    figures = export.compare(reference, np.array([[[0.6, 0.4], [0.6, 0.4]]]), "full")
+    assert figures == {"max_abs_diff": pytest.approx(0.4), "argmax_agreement": 0.5}
+    labels = export.compare(np.array([[0, 1, 1, 1]]), np.array([[0, 1, 1, 0]]), "labels")
+    assert labels == {"max_abs_diff": None, "argmax_agreement": 0.75}
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # weights of alpha 0.5
+def test_bad_model_directories_are_refused(model_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(StageError, match=re.escape("no config.json")):
+        export.export_model(tmp_path / "missing", out, export.ExportOptions())
+    config = json.loads((model_dir / "config.json").read_text())
+    without_size = {k: v for k, v in config.items() if k not in ("image_size", "alpha")}
+    cases = {
+        "lacks image_size, alpha": without_size,
+        "num_classes is 4 but labels lists 3": {**config, "labels": LABELS[:3]},
+        "normalization needs numbers": {**config, "normalization": {"scale": 0.1}},
+    }
+    for number, (message, broken) in enumerate(cases.items()):
+        directory = tmp_path / f"broken-{number}"
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps(broken))
+        (directory / train.WEIGHTS_FILE).write_bytes((model_dir / train.WEIGHTS_FILE).read_bytes())
+        with pytest.raises(StageError, match=message):
+            export.export_model(directory, out, export.ExportOptions())
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StageError, match=re.escape("has no model.weights.h5")):
+        export.export_model(no_weights, out, export.ExportOptions())
+    other_alpha = write_model_dir(tmp_path / "alpha", LEGACY_NORMALIZATION, alpha=0.5)
+    (other_alpha / "config.json").write_text(json.dumps(config))  # claims alpha 0.25
+    with pytest.raises(StageError, match=re.escape("does not fit the model config.json describes")):
+        export.export_model(other_alpha, out, export.ExportOptions())
+    assert not out.exists()  # refused before writing anything
+
+
+def test_bad_options_are_refused(model_dir, tmp_path):
+    defaults = export.ExportOptions()
+    cases = {
+        "unknown output 'logits'": replace(defaults, output="logits"),
+        "unknown format": replace(defaults, format="onnx"),
+        "--palettize works on ML Programs": replace(
+            defaults, format="neuralnetwork", palettize=True
+        ),
+        "--palettize clusters float16": replace(defaults, palettize=True, precision="float32"),
+        "image size 100x128 is not supported": replace(defaults, image_size=(100, 128)),
+        "bad model name": replace(defaults, model_name="../up"),
+    }
+    for message, options in cases.items():
+        with pytest.raises(StageError, match=message):
+            export.export_model(model_dir, tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_holding_other_files_is_refused(tmp_path):
+    names = export.output_names(export.ExportOptions())
+    assert names == ["icnet.mlpackage", "labels.txt", "icnet.tflite", "icnet_fp16.tflite",
+                     "export.json"]  # fmt: skip
+    (tmp_path / "icnet.mlpackage").mkdir()
+    (tmp_path / "icnet.mlpackage" / "Manifest.json").write_text("{}")
+    (tmp_path / "export.json").write_text("{}")
+    export.prepare_output_dir(tmp_path, names)  # a retried export: its own leftovers go
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StageError, match=r"holds other files \(notes.txt\)"):
+        export.prepare_output_dir(tmp_path, names)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
+    status = cli.main(
+        ["export", "--model-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o")]
+    )
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "no config.json" in error and "\n" not in error
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", "--model-dir", "m", "--output-dir", "o", "--output", "logits"])
+    assert exit_info.value.code == 2
