@@ -8,11 +8,9 @@ weight types, and latency not at all on the values. Reference: the legacy 768x76
 image, batch 1, after one warm-up, with all cores as threads.
 """
 
-import datetime
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -71,11 +69,10 @@ def tflite_latency_ms(path: Path, threads: int, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def run(results_dir: Path, runs: int = 5) -> dict:
-    """Export every variant for each alpha; write results_dir/export.json."""
+def run(runs: int = 5) -> dict:
+    """Export every variant for each alpha."""
     class_labels = list(labels.parse_whitelist(labels.LIVING_ROOM_WHITELIST).labels)
     threads = os.cpu_count() or 1
-    load = os.getloadavg()[0]
     models = {}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         tmp = Path(tmp)
@@ -120,16 +117,5 @@ def run(results_dir: Path, runs: int = 5) -> dict:
         "models": models,
         "tflite_threads": threads,
         "tflite_runs": runs,
-        "cpu_count": os.cpu_count(),
-        "load_average_before": round(load, 2),  # other work sharing the cores skews timings
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results"
-    print(json.dumps(run(out), indent=2))

@@ -7,10 +7,8 @@ and the fastest run of each counts. CPU time per image is reported too: it depen
 time on other work sharing the machine.
 """
 
-import datetime
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +43,8 @@ def _timed(function) -> tuple[float, float]:
     return time.perf_counter() - wall, _cpu_seconds() - cpu
 
 
-def run(results_dir: Path, num_images: int = 1000, repeats: int = 3) -> dict:
+def run(num_images: int = 1000, repeats: int = 3) -> dict:
     """Generate `num_images` ADE-sized images, time the floor and prepare, write prepare.json."""
-    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         tmp = Path(tmp)
         dataset = synthetic.generate_ade20k(tmp / "data", num_train=num_images, num_val=0)
@@ -83,17 +80,6 @@ def run(results_dir: Path, num_images: int = 1000, repeats: int = 3) -> dict:
         "within_target": prepare_s / floor_s <= TARGET_RATIO,
         "output_mb": round(output_bytes / 1e6, 1),
         "workers": workers,
-        "cpu_count": os.cpu_count(),
-        "load_average_before": round(load, 2),  # other work sharing the cores skews timings
         "repeats": repeats,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "prepare.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results"
-    print(json.dumps(run(out), indent=2))

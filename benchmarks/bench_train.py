@@ -8,11 +8,8 @@ mixed precision, once fed from the TFRecords and once from one batch of in-memor
 (the first step traces the graph). Reference: the legacy tool did 1.3 images/s on a K80.
 """
 
-import datetime
 import io
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,11 +113,10 @@ def device_name() -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
-def run(results_dir: Path) -> dict:
-    """Measure throughput on this machine's device; write results_dir/train.json."""
+def run() -> dict:
+    """Measure throughput on this machine's device."""
     gpu = bool(tf.config.list_physical_devices("GPU"))
     whitelist = labels.parse_whitelist(labels.LIVING_ROOM_WHITELIST)
-    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         shards = write_records(Path(tmp), NUM_RECORDS, whitelist)
         if gpu:
@@ -139,16 +135,5 @@ def run(results_dir: Path) -> dict:
         "runs": runs,
         "legacy_k80_images_per_s": LEGACY_K80_IMAGES_PER_S,
         "tensorflow": tf.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_before": round(load, 2),  # other work sharing the cores skews timings
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results"
-    print(json.dumps(run(out), indent=2))
