@@ -607,11 +607,7 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
             "palettized": options.palettize,
         },
     )
-    (output_dir / LABELS_FILE).write_text(
-        labels.format_labels_file(
-            labels.Whitelist(tuple(config["labels"]), tuple(() for _ in config["labels"]))
-        )
-    )
+    (output_dir / LABELS_FILE).write_text(labels.format_labels_file(config["labels"]))
     metrics_path = model_dir / train.METRICS_FILE
     result = {
         "format_version": FORMAT_VERSION,

@@ -7,6 +7,7 @@ class. Output class 0 is always `none`: every pixel of a class that is not white
 """
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -118,9 +119,9 @@ def parse_whitelist(whitelist: str | None, classes: list[AdeClass] | None = None
     return Whitelist(labels=tuple(labels), groups=tuple(groups))
 
 
-def format_labels_file(whitelist: Whitelist) -> str:
+def format_labels_file(names: Sequence[str]) -> str:
     """labels.txt as the legacy tool wrote it (`idx<TAB>label`), merged names joined by ':'."""
-    rows = ["idx\tlabel"] + [f"{i}\t{label}" for i, label in enumerate(whitelist.labels)]
+    rows = ["idx\tlabel"] + [f"{i}\t{label}" for i, label in enumerate(names)]
     return "\n".join(rows) + "\n"
 
 

@@ -311,7 +311,7 @@ def prepare_dataset(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(output_dir)
-    (output_dir / "labels.txt").write_text(labels.format_labels_file(classes))
+    (output_dir / "labels.txt").write_text(labels.format_labels_file(classes.labels))
 
     shard_counts = {"train": train_shards, "val": val_shards}
     shards = [

@@ -48,7 +48,7 @@ def write_prepared(
             writers[number % shards].write(encode(image, table[ade_mask]))
         for writer in writers:
             writer.close()
-    (out / "labels.txt").write_text(labels.format_labels_file(whitelist))
+    (out / "labels.txt").write_text(labels.format_labels_file(whitelist.labels))
     return out
 
 

@@ -46,7 +46,7 @@ def write_data_dir(path, masks, class_labels=LABELS):
     """A prepare-stage output: labels.txt and two val shards of JPEG images + PNG masks."""
     path.mkdir(parents=True, exist_ok=True)
     whitelist = labels.Whitelist(tuple(class_labels), tuple((i,) for i in range(len(class_labels))))
-    (path / "labels.txt").write_text(labels.format_labels_file(whitelist))
+    (path / "labels.txt").write_text(labels.format_labels_file(whitelist.labels))
     for shard, chunk in enumerate((masks[:3], masks[3:])):
         with records.TFRecordWriter(path / f"val-{shard:05d}-of-00002.tfrecord") as writer:
             for number, mask in enumerate(chunk):

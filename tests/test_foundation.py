@@ -56,7 +56,7 @@ def test_bad_whitelists_name_the_problem(text, message):
 
 def test_labels_file_round_trip_writes_merged_names_whole(tmp_path):
     whitelist = labels.parse_whitelist("chair|car:truck")
-    text = labels.format_labels_file(whitelist)
+    text = labels.format_labels_file(whitelist.labels)
     assert text.splitlines()[3] == "2\tcar, auto, automobile, machine, motorcar:truck, motortruck"
     (tmp_path / "labels.txt").write_text(text)
     assert labels.read_labels_file(tmp_path / "labels.txt") == list(whitelist.labels)
