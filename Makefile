@@ -35,8 +35,98 @@ lint: setup ## ruff
 demo: setup ## Run every stage locally on a generated ADE20K-layout dataset
 	$(PY) -m image_segmentation demo --work-dir $(WORK)/demo
 
-bench: setup ## Benchmarks; results go to benchmarks/results/
-	$(PY) -m benchmarks.run
+bench: setup ## Benchmarks (BENCH="bench_prepare ..." to pick); results in benchmarks/results/
+	$(PY) -m benchmarks.run $(BENCH)
 
 clean: ## Remove generated work files (keeps .venv)
 	rm -rf $(WORK) .pytest_cache .ruff_cache
+
+# --- Containers and the Kubeflow pipeline on Vertex AI (docs/vertex.md) ----------------------
+# Settings, e.g. `make images push pipeline-upload pipeline-run PROJECT=p REGION=europe-west4
+# BUCKET=b SERVICE_ACCOUNT=sa@p.iam.gserviceaccount.com`. Targets check the ones they need.
+PROJECT ?=
+REGION ?=
+BUCKET ?=
+SERVICE_ACCOUNT ?=
+DOCKER_REPOSITORY ?= image-segmentation
+KFP_REPOSITORY ?= image-segmentation-pipelines
+IMAGE_REGISTRY ?= $(if $(and $(PROJECT),$(REGION)),$(REGION)-docker.pkg.dev/$(PROJECT)/$(DOCKER_REPOSITORY))
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+CONTAINER_ENGINE ?= docker
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGES := $(patsubst docker/%.Dockerfile,%,$(wildcard docker/*.Dockerfile))
+BUILD_REGISTRY = $(or $(IMAGE_REGISTRY),localhost)
+image_name = $(1)/image-segmentation-$(2):$(TAG)
+PIPELINE_FILE ?= build/pipeline.yaml
+PARAMS ?=
+PARAMS_FILE ?=
+STEP ?=
+ARGS ?=
+DATA ?= $(WORK)/data
+PIPELINE_ROOT ?= $(WORK)/pipeline-local
+# pipeline-local: no GPU here, so the export image (TensorFlow CPU) also trains
+LOCAL_IMAGES ?= light export
+WHEEL_PLATFORMS := manylinux2014_x86_64 $(foreach v,24 27 28 31 34 35 36,manylinux_2_$(v)_x86_64)
+require = $(foreach v,$(1),$(if $($(v)),,$(error $(v) is not set: make $@ $(v)=...)))
+stage_of = $(if $(filter convert,$(1)),export,$(1))
+image_of = $(if $(filter train,$(1)),train,$(if $(filter evaluate export convert,$(1)),export,light))
+params = $(addprefix --param ,$(PARAMS)) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE))
+
+.PHONY: lock-images wheels images push pipeline-compile pipeline-run pipeline-upload \
+  run-component pipeline-local base-image
+
+lock-images: ## Re-pin docker/*.lock from docker/*.in within requirements.lock (needs the index)
+	for in in docker/*.in; do \
+	  $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 -c requirements.lock $$in -o $${in%.in}.lock; \
+	done
+
+build/wheels/%/.complete: docker/%.lock | setup
+	$(PY) -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+	  --ignore-requires-python --python-version 3.11 --implementation cp --abi cp311 \
+	  $(addprefix --platform ,$(WHEEL_PLATFORMS)) -r $< -d $(@D)
+	touch $@
+
+wheels: $(foreach i,$(IMAGES),build/wheels/$(i)/.complete) ## Fetch the images' locked wheels
+
+image-%: build/wheels/%/.complete
+	$(CONTAINER_ENGINE) build --network=none -f docker/$*.Dockerfile \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(call image_name,$(BUILD_REGISTRY),$*) .
+
+images: $(addprefix image-,$(IMAGES)) ## Build the images (offline; IMAGE_REGISTRY or localhost)
+
+push: ## Push the images to IMAGE_REGISTRY
+	$(call require,IMAGE_REGISTRY)
+	$(foreach i,$(IMAGES),$(CONTAINER_ENGINE) push $(call image_name,$(IMAGE_REGISTRY),$(i)) &&) true
+
+pipeline-compile: setup ## Write PIPELINE_FILE with IMAGE_REGISTRY and TAG baked in
+	$(call require,IMAGE_REGISTRY TAG)
+	$(PY) -m pipelines compile --image-registry $(IMAGE_REGISTRY) --tag $(TAG) \
+	  --output $(PIPELINE_FILE)
+
+pipeline-run: pipeline-compile ## Start a Vertex AI run (PARAMS="epochs=20 ...", PARAMS_FILE=x.json)
+	$(call require,PROJECT REGION BUCKET SERVICE_ACCOUNT)
+	$(PY) -m pipelines run --template $(PIPELINE_FILE) --project $(PROJECT) \
+	  --region $(REGION) --pipeline-root gs://$(BUCKET)/pipeline-root \
+	  --service-account $(SERVICE_ACCOUNT) --param destination=gs://$(BUCKET)/models \
+	  $(params) --label image-tag=$(TAG)
+
+pipeline-upload: pipeline-compile ## Publish the template to Artifact Registry (KFP_REPOSITORY)
+	$(call require,PROJECT REGION)
+	$(PY) -m pipelines upload --template $(PIPELINE_FILE) \
+	  --host https://$(REGION)-kfp.pkg.dev/$(PROJECT)/$(KFP_REPOSITORY) --tag latest --tag $(TAG)
+
+run-component: ## Run one stage's image on DATA mounted at /data: STEP=prepare ARGS="..."
+	$(call require,STEP)
+	mkdir -p $(DATA)
+	$(CONTAINER_ENGINE) run --rm --network=host --user $$(id -u):$$(id -g) \
+	  -v $(abspath $(DATA)):/data $(call image_name,$(BUILD_REGISTRY),$(call image_of,$(STEP))) \
+	  python -m image_segmentation $(call stage_of,$(STEP)) $(ARGS)
+
+pipeline-local: setup ## Run the whole pipeline here (PARAMS="destination=gs://... ...")
+	$(MAKE) images IMAGE_REGISTRY=localhost IMAGES="$(LOCAL_IMAGES)"
+	$(if $(filter podman,$(CONTAINER_ENGINE)),docker/podman-api.sh) $(PY) -m pipelines local \
+	  --tag $(TAG) --pipeline-root $(PIPELINE_ROOT) $(params)
+
+base-image: ## Make BASE_IMAGE offline with debootstrap (root; for machines without a registry)
+	docker/base-image.sh $(CONTAINER_ENGINE) $(BASE_IMAGE)

@@ -1,0 +1,24 @@
+"""Kubeflow container components, one per stage, and the images that run them."""
+
+from components.images import STAGE_IMAGES, Images
+from components.stages import (
+    convert_component,
+    download_component,
+    evaluate_component,
+    not_published_component,
+    prepare_component,
+    train_component,
+    upload_component,
+)
+
+__all__ = [
+    "STAGE_IMAGES",
+    "Images",
+    "convert_component",
+    "download_component",
+    "evaluate_component",
+    "not_published_component",
+    "prepare_component",
+    "train_component",
+    "upload_component",
+]

@@ -1,0 +1,189 @@
+"""One Kubeflow container component per stage; each runs the stage's command line, nothing more.
+
+Artifacts are folders (files for Metrics, ClassificationMetrics and HTML) at the local paths
+Kubeflow gives (`/gcs/...` on Vertex). Every stage step starts with `--executor-input '{{$}}'`,
+so the stage itself writes the executor output Kubeflow reads its artifacts (with Metrics
+values) and parameter outputs from. One more component, `not_published`, only logs why the
+quality gate stopped a run. The components are made per image set, so one pipeline definition
+compiles for any registry and tag.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.images import Images
+
+PYTHON = "python"  # on the images' PATH: the virtual environment that holds the package
+STAGE = [PYTHON, "-m", "image_segmentation"]
+EXECUTOR = ["--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
+DOWNLOAD_SCRATCH = "/tmp/ade20k-archive"  # the zip goes to local disk, not the mounted bucket
+NOT_PUBLISHED_SCRIPT = (
+    "import sys; miou, min_miou = map(float, sys.argv[1:]); "
+    "print(f'mIoU {miou:.4f} is below min_miou {min_miou:.4f}: "
+    "the model was not converted or uploaded')"
+)
+
+
+def stage_command(stage: str, *options: str) -> list[str]:
+    """`python -m image_segmentation --executor-input {{$}} [OPTIONS] STAGE`."""
+    return [*STAGE, *EXECUTOR, *options, stage]
+
+
+def download_component(images: Images):
+    @dsl.container_component
+    def download(source: str, sha1: str, dataset: Output[Dataset]):
+        """Download ADE20K (http(s), gs:// or a path), verify its SHA-1 and extract it."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("download"),
+            command=stage_command("download"),
+            args=[
+                "--source", source,
+                "--sha1", sha1,
+                "--output-dir", dataset.path,
+                "--archive-dir", DOWNLOAD_SCRATCH,
+            ],
+        )  # fmt: skip
+
+    return download
+
+
+def prepare_component(images: Images):
+    @dsl.container_component
+    def prepare(
+        dataset: Input[Dataset],
+        whitelist: str,
+        threshold: float,
+        train_shards: int,
+        val_shards: int,
+        prepared: Output[Dataset],
+    ):
+        """Keep the whitelisted classes of ADE20K and write TFRecord shards with labels.txt."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("prepare"),
+            command=stage_command("prepare"),
+            args=[
+                "--dataset-dir", dataset.path,
+                "--output-dir", prepared.path,
+                "--whitelist", whitelist,
+                "--threshold", threshold,
+                "--train-shards", train_shards,
+                "--val-shards", val_shards,
+            ],
+        )  # fmt: skip
+
+    return prepare
+
+
+def train_component(images: Images):
+    @dsl.container_component
+    def train(
+        data: Input[Dataset],
+        image_size: int,
+        alpha: float,
+        epochs: int,
+        batch_size: int,
+        learning_rate: float,
+        steps_per_epoch: int,
+        model: Output[Model],
+        metrics: Output[Metrics],
+    ):
+        """Train ICNet on the prepared shards; the model folder holds config.json and weights."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("train"),
+            command=stage_command("train", "--metrics-from", "model/metrics.json"),
+            args=[
+                "--data-dir", data.path,
+                "--output-dir", model.path,
+                "--image-size", image_size,
+                "--alpha", alpha,
+                "--epochs", epochs,
+                "--batch-size", batch_size,
+                "--learning-rate", learning_rate,
+                "--steps-per-epoch", steps_per_epoch,
+            ],
+        )  # fmt: skip
+
+    return train
+
+
+def evaluate_component(images: Images):
+    @dsl.container_component
+    def evaluate(
+        data: Input[Dataset],
+        model: Input[Model],
+        evaluation: Output[Artifact],
+        metrics: Output[Metrics],
+        confusion_matrix: Output[ClassificationMetrics],
+        report: Output[HTML],
+        miou: dsl.OutputPath(float),
+    ):
+        """Score the model on the whole validation split; `miou` (mean IoU ignoring class 0,
+        the ADE20K convention) is the value the quality gate tests."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("evaluate"),
+            command=stage_command("evaluate"),
+            args=[
+                "--data-dir", data.path,
+                "--model-dir", model.path,
+                "--output-dir", evaluation.path,
+                "--metrics-json", metrics.path,
+                "--confusion-matrix-json", confusion_matrix.path,
+                "--report-html", report.path,
+                "--miou-output", miou,
+            ],
+        )  # fmt: skip
+
+    return evaluate
+
+
+def not_published_component(images: Images):
+    @dsl.container_component
+    def not_published(miou: float, min_miou: float):
+        """Say in the run's logs why nothing was published; the run itself succeeds."""
+        return dsl.ContainerSpec(
+            image=images.image("light"),
+            command=[PYTHON, "-c", NOT_PUBLISHED_SCRIPT],
+            args=[miou, min_miou],
+        )
+
+    return not_published
+
+
+def convert_component(images: Images):
+    @dsl.container_component
+    def convert(model: Input[Model], exported: Output[Model]):
+        """Convert the trained model to Core ML (.mlpackage) and TFLite."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("convert"),
+            command=stage_command("export"),
+            args=["--model-dir", model.path, "--output-dir", exported.path],
+        )
+
+    return convert
+
+
+def upload_component(images: Images):
+    @dsl.container_component
+    def upload(
+        exported: Input[Model],
+        model: Input[Model],
+        destination: str,
+        model_name: str,
+        version: str,
+        uris: Output[dsl.Artifact],
+    ):
+        """Publish the exported files as gs://DESTINATION/MODEL_NAME/VERSION with a manifest."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("upload"),
+            command=stage_command("upload"),
+            args=[
+                "--export-dir", exported.path,
+                "--model-dir", model.path,
+                "--destination", destination,
+                "--model-name", model_name,
+                "--version", version,
+                "--output-uris", uris.path,
+            ],
+        )  # fmt: skip
+
+    return upload

@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline: definition, compile, submit to Vertex AI, publish, run locally."""

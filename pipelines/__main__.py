@@ -1,0 +1,158 @@
+"""`python -m pipelines compile|run|upload|local`: the pipeline's command line (used by make).
+
+compile  write the template with the images of one registry and tag baked in
+run      submit a compiled template to Vertex AI Pipelines; prints the console link
+upload   publish a compiled template to a Kubeflow Artifact Registry repository
+local    run the whole pipeline here with docker or podman (kfp.local.DockerRunner)
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from components import Images
+
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def _labels(assignments: list[str]) -> dict[str, str]:
+    """`key=value` labels; values are lowered and other characters become '-' (Vertex rules)."""
+    labels = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals or not _LABEL_KEY.fullmatch(key):
+            raise ValueError(f"bad label {assignment!r}: want key=value, key like 'image-tag'")
+        labels[key] = re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
+    return labels
+
+
+def _add_image_options(parser: argparse.ArgumentParser, registry_required: bool) -> None:
+    parser.add_argument(
+        "--image-registry", required=registry_required,
+        help="where the images are, e.g. europe-west4-docker.pkg.dev/PROJECT/REPO",
+    )  # fmt: skip
+    parser.add_argument("--tag", required=True, help="the images' tag")
+
+
+def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a pipeline parameter (repeatable); unset ones keep their defaults",
+    )  # fmt: skip
+    parser.add_argument(
+        "--params-file", type=Path,
+        help="a JSON object of pipeline parameters (for values with spaces); --param wins",
+    )  # fmt: skip
+
+
+def _parameter_assignments(args: argparse.Namespace) -> list[str]:
+    """--params-file entries then --param ones, as NAME=VALUE texts."""
+    if not args.params_file:
+        return args.param
+    values = json.loads(args.params_file.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{args.params_file}: expected a JSON object of parameters")
+    return [f"{name}={value}" for name, value in values.items()] + args.param
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_ = commands.add_parser("compile", help="write the pipeline template (YAML)")
+    _add_image_options(compile_, registry_required=True)
+    compile_.add_argument("--output", type=Path, required=True, help="template file to write")
+
+    run = commands.add_parser("run", help="submit a compiled template to Vertex AI")
+    run.add_argument("--template", type=Path, required=True, help="compiled pipeline YAML")
+    run.add_argument("--project", required=True, help="Google Cloud project ID")
+    run.add_argument("--region", required=True, help="Vertex AI region, e.g. europe-west4")
+    run.add_argument(
+        "--pipeline-root", required=True, help="gs://BUCKET/PATH for the run's artifacts"
+    )
+    run.add_argument(
+        "--service-account", required=True, help="service account e-mail the steps run as"
+    )
+    _add_parameter_options(run)
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--display-name", help="run name in the console (default: the template's)")
+    run.add_argument(
+        "--no-cache", action="store_true", help="run every step, even with unchanged inputs"
+    )
+    run.add_argument("--api-endpoint", help="Vertex AI API endpoint (default: the region's own)")
+
+    upload = commands.add_parser("upload", help="publish a template to Artifact Registry")
+    upload.add_argument("--template", type=Path, required=True, help="compiled pipeline YAML")
+    upload.add_argument(
+        "--host", required=True, help="https://REGION-kfp.pkg.dev/PROJECT/REPOSITORY"
+    )
+    upload.add_argument(
+        "--tag", action="append", default=[], dest="tags",
+        help="a tag for this version (repeatable), e.g. latest",
+    )  # fmt: skip
+
+    local = commands.add_parser("local", help="run the pipeline here with docker or podman")
+    _add_image_options(local, registry_required=False)
+    local.add_argument(
+        "--pipeline-root", type=Path, required=True, help="local folder for the artifacts"
+    )
+    _add_parameter_options(local)
+    return parser
+
+
+def main(argv: list[str] | None = None, credentials=None) -> int:
+    """Run one command; `credentials` (google.auth) defaults to Application Default Credentials."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, credentials)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, credentials) -> int:
+    from pipelines import vertex  # Vertex and registry clients: imported only when needed
+
+    if args.command == "compile":
+        from pipelines.pipeline import compile_pipeline
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        compile_pipeline(Images(args.image_registry, args.tag), str(args.output))
+        print(args.output)
+    elif args.command == "run":
+        job = vertex.submit(
+            args.template,
+            project=args.project,
+            region=args.region,
+            pipeline_root=args.pipeline_root,
+            service_account=args.service_account,
+            parameters=vertex.parse_parameters(args.template, _parameter_assignments(args)),
+            labels=_labels(args.label),
+            display_name=args.display_name,
+            enable_caching=False if args.no_cache else None,
+            api_endpoint=args.api_endpoint,
+            credentials=credentials,
+        )
+        print(f"submitted {job.resource_name}")
+        print(f"console: {vertex.console_url(job.resource_name)}")
+    elif args.command == "upload":
+        package, version = vertex.upload_template(args.template, args.host, args.tags)
+        print(f"uploaded {package} {version} (tags: {', '.join(args.tags) or 'none'})")
+    elif args.command == "local":
+        from pipelines import local
+
+        registry = args.image_registry or local.LOCAL_REGISTRY
+        images = Images(registry, args.tag, substitutes=local.CPU_TRAINING)
+        try:
+            local.run_locally(images, args.pipeline_root, _parameter_assignments(args))
+        except RuntimeError as error:  # a step failed; kfp names it
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"done: artifacts under {args.pipeline_root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The training pipeline: download -> prepare -> train (GPU) -> evaluate -> convert -> upload.
+
+Convert and upload run only when the evaluated mIoU reaches `min_miou` (the quality gate);
+otherwise a small step logs why, and the run still succeeds.
+
+Every knob is a pipeline parameter with a default, and its description comes from the `Args:`
+section of the pipeline's docstring, which kfp compiles into the template: the Vertex console
+shows them in its run form. The defaults are the legacy README's living-room example.
+"""
+
+from kfp import compiler, dsl
+from kfp.dsl import graph_component
+
+from components import (
+    Images,
+    convert_component,
+    download_component,
+    prepare_component,
+    train_component,
+    upload_component,
+)
+from components.stages import evaluate_component, not_published_component
+from image_segmentation import ade20k, labels
+
+PIPELINE_NAME = "image-segmentation"
+JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123120000
+
+
+def publish(upload, converted, trained, destination, model_name, version) -> dsl.PipelineTask:
+    """The upload step; never cached, since every run publishes its own version."""
+    task = upload(
+        exported=converted.outputs["exported"],
+        model=trained.outputs["model"],
+        destination=destination,
+        model_name=model_name,
+        version=version,
+    )
+    return task.set_caching_options(False)
+
+
+def build_pipeline(images: Images) -> graph_component.GraphComponent:
+    """The pipeline with its steps running on `images`."""
+    download = download_component(images)
+    prepare = prepare_component(images)
+    train = train_component(images)
+    evaluate = evaluate_component(images)
+    not_published = not_published_component(images)
+    convert = convert_component(images)
+    upload = upload_component(images)
+
+    @dsl.pipeline(name=PIPELINE_NAME)
+    def image_segmentation(
+        destination: str,
+        model_name: str = "icnet-living-room",
+        model_version: str = "",
+        source_url: str = ade20k.OFFICIAL_URL,
+        source_sha1: str = ade20k.OFFICIAL_SHA1,
+        whitelist: str = labels.LIVING_ROOM_WHITELIST,
+        threshold: float = 0.6,
+        train_shards: int = 16,
+        val_shards: int = 2,
+        image_size: int = 768,
+        alpha: float = 0.25,
+        epochs: int = 10,
+        steps_per_epoch: int = 200,
+        batch_size: int = 8,
+        learning_rate: float = 1e-3,
+        accelerator_type: str = "NVIDIA_L4",
+        accelerator_count: int = 1,
+        train_cpu: str = "8",
+        train_memory: str = "32G",
+        prepare_cpu: str = "8",
+        prepare_memory: str = "16G",
+        min_miou: float = 0.0,
+    ):
+        """Train ICNet on a whitelisted subset of ADE20K and publish it as Core ML and TFLite.
+
+        Args:
+            destination: Where models are published, gs://BUCKET/PREFIX; each run writes
+                DESTINATION/MODEL_NAME/VERSION/ with a manifest.json.
+            model_name: Model folder under the destination.
+            model_version: Version folder; empty: this run's job name.
+            source_url: ADEChallengeData2016.zip: the official http URL, a gs:// mirror (the
+                MIT server is slow) or a path.
+            source_sha1: Expected SHA-1 of the zip; 'none' skips the check.
+            whitelist: Output classes separated by '|', ADE20K classes merged into one by ':'
+                (names from objectInfo150.txt); empty: all 150 classes.
+            threshold: Keep an image when at least this fraction of the whitelisted classes
+                appear in it (0-1).
+            train_shards: TFRecord files for the training split.
+            val_shards: TFRecord files for the validation split.
+            image_size: Training and model input size in pixels (square, a multiple of 32).
+            alpha: ICNet width multiplier: every filter count is scaled by it.
+            epochs: Training epochs.
+            steps_per_epoch: Batches per epoch (the legacy 1,600 images at batch size 8).
+            batch_size: Images per training batch (across all GPUs).
+            learning_rate: Initial Adam learning rate.
+            accelerator_type: GPU of the training step, e.g. NVIDIA_L4, NVIDIA_TESLA_T4,
+                NVIDIA_TESLA_A100.
+            accelerator_count: Number of GPUs of the training step.
+            train_cpu: vCPUs of the training step (with the GPU, this picks the machine type).
+            train_memory: Memory of the training step, e.g. 32G.
+            prepare_cpu: vCPUs of the prepare step (one worker process per vCPU).
+            prepare_memory: Memory of the prepare step, e.g. 16G.
+            min_miou: Quality gate (0-1): the model is converted and published only when its
+                mean IoU on the validation split, ignoring pixels of class 0 'none' (the ADE20K
+                benchmark convention), is at least this; 0 publishes every model.
+        """
+        downloaded = download(source=source_url, sha1=source_sha1)
+        prepared = prepare(
+            dataset=downloaded.outputs["dataset"],
+            whitelist=whitelist,
+            threshold=threshold,
+            train_shards=train_shards,
+            val_shards=val_shards,
+        )
+        prepared.set_cpu_limit(prepare_cpu).set_memory_limit(prepare_memory)
+        trained = train(
+            data=prepared.outputs["prepared"],
+            image_size=image_size,
+            alpha=alpha,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+        )
+        trained.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
+        trained.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
+        evaluated = evaluate(data=prepared.outputs["prepared"], model=trained.outputs["model"])
+        with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
+            converted = convert(model=trained.outputs["model"])
+            # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
+            # so the default version is chosen here: one of the two upload tasks runs.
+            with dsl.If(model_version == "", name="version-is-job-name"):
+                publish(upload, converted, trained, destination, model_name, JOB_NAME)
+            with dsl.Else(name="version-given"):
+                publish(upload, converted, trained, destination, model_name, model_version)
+        with dsl.Else(name="below-min-miou"):
+            skipped = not_published(miou=evaluated.outputs["miou"], min_miou=min_miou)
+            skipped.set_caching_options(False)  # every gated run says why nothing was published
+
+    return image_segmentation
+
+
+def compile_pipeline(images: Images, path: str) -> str:
+    """Write the pipeline template (YAML) for `images` to `path`; return the path."""
+    compiler.Compiler().compile(build_pipeline(images), package_path=path)
+    return path

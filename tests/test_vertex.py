@@ -1,0 +1,178 @@
+"""`make pipeline-run` and `make pipeline-upload`, through the real Google clients, offline.
+
+The commands make would run (`make -n`) are run in-process against loopback fakes of the
+Vertex AI REST API and of Artifact Registry (tests/vertex_fake.py); the pipeline-root bucket
+check goes to the real GCS emulator. Only the project-number lookup is stubbed.
+"""
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import vertex_fake
+import yaml
+
+from pipelines.__main__ import main as pipelines_main
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT, REGION, BUCKET = "my-project", "europe-west4", "my-bucket"
+SERVICE_ACCOUNT = f"pipelines@{PROJECT}.iam.gserviceaccount.com"
+REGISTRY, TAG = f"{REGION}-docker.pkg.dev/{PROJECT}/image-segmentation", "v1.2"
+
+
+@pytest.fixture
+def fake():
+    state, url, server = vertex_fake.start()
+    yield state, url
+    server.shutdown()
+    server.server_close()
+
+
+def make_commands(target: str, tmp_path: Path, **settings: str) -> list[list[str]]:
+    """The `python -m pipelines ...` commands `make -n TARGET` would run, as argv lists."""
+    variables = {"PIPELINE_FILE": str(tmp_path / "pipeline.yaml"), **settings}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", target,
+         *(f"{name}={value}" for name, value in variables.items())],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = result.stdout.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[3:] for line in lines if " -m pipelines " in line]
+
+
+def vertex_settings(**extra: str) -> dict[str, str]:
+    base = {"PROJECT": PROJECT, "REGION": REGION, "BUCKET": BUCKET, "TAG": TAG,
+            "SERVICE_ACCOUNT": SERVICE_ACCOUNT}  # fmt: skip
+    return {**base, **extra}
+
+
+@pytest.fixture
+def pipeline_root_bucket(gcs_client, monkeypatch):
+    """The run's bucket in the emulator, owned (as the project-number stub says) by PROJECT."""
+    from google.cloud.aiplatform.utils import resource_manager_utils
+
+    bucket = gcs_client.bucket(BUCKET)
+    if not bucket.exists():
+        gcs_client.create_bucket(BUCKET)
+    bucket.reload()
+
+    def project_number(project_id: str, credentials=None) -> str:
+        assert project_id == PROJECT
+        return str(bucket.project_number)
+
+    monkeypatch.setattr(resource_manager_utils, "get_project_number", project_number)
+    return bucket
+
+
+@pytest.mark.slow  # importing the Vertex SDK takes 10-30 s
+def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, capsys, caplog):
+    from google.auth.credentials import AnonymousCredentials
+
+    state, url = fake
+    compile_args, run_args = make_commands(
+        "pipeline-run", tmp_path, **vertex_settings(PARAMS="epochs=3 alpha=0.5 model_version=v9")
+    )
+    assert compile_args[:1] == ["compile"] and run_args[:1] == ["run"]
+    assert pipelines_main(compile_args) == 0
+    status = pipelines_main([*run_args, "--api-endpoint", url], credentials=AnonymousCredentials())
+    assert status == 0
+
+    assert "get or create a GCS bucket" not in caplog.text  # the bucket check passed
+    (request,) = [r for r in state.requests if r.method == "POST"]
+    assert request.path == f"/v1/projects/{PROJECT}/locations/{REGION}/pipelineJobs"
+    (job_id,) = request.query["pipelineJobId"]
+    assert job_id.startswith("image-segmentation-")
+    body = request.json()
+    assert body["serviceAccount"] == SERVICE_ACCOUNT
+    assert body["labels"]["image-tag"] == "v1-2"  # label values allow no dots
+    runtime = body["runtimeConfig"]
+    assert runtime["gcsOutputDirectory"] == f"gs://{BUCKET}/pipeline-root"
+    assert runtime["parameterValues"] == {
+        "destination": f"gs://{BUCKET}/models",
+        "epochs": 3,
+        "alpha": 0.5,
+        "model_version": "v9",
+    }
+    spec = body["pipelineSpec"]
+    assert spec == yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"{REGISTRY}/image-segmentation-{name}:{TAG}"
+                      for name in ("light", "train", "export")}  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        f"https://console.cloud.google.com/vertex-ai/locations/{REGION}/pipelines/runs/"
+        f"{job_id}?project={PROJECT}"
+    ) in out
+
+
+def test_bad_parameters_are_refused_before_anything_is_sent(fake, tmp_path, capsys):
+    state, url = fake
+    template = tmp_path / "pipeline.yaml"
+    assert pipelines_main(["compile", "--image-registry", REGISTRY, "--tag", TAG,
+                           "--output", str(template)]) == 0  # fmt: skip
+    base = ["run", "--template", str(template), "--project", PROJECT, "--region", REGION,
+            "--pipeline-root", f"gs://{BUCKET}/root", "--service-account", SERVICE_ACCOUNT,
+            "--api-endpoint", url]  # fmt: skip
+    assert pipelines_main([*base, "--param", "epoch=3"]) == 2
+    assert "unknown pipeline parameter 'epoch'" in capsys.readouterr().err
+    assert pipelines_main([*base, "--param", "epochs=many"]) == 2
+    assert "'epochs' wants NUMBER_INTEGER, got 'many'" in capsys.readouterr().err
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(["not", "an", "object"]))
+    assert pipelines_main([*base, "--params-file", str(params)]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+    assert state.requests == []
+
+
+def test_params_file_values_keep_their_spaces(tmp_path):
+    from pipelines import vertex
+
+    template = tmp_path / "pipeline.yaml"
+    pipelines_main(["compile", "--image-registry", "r", "--tag", "t", "--output", str(template)])
+    parsed = vertex.parse_parameters(
+        template, ["whitelist=sofa, couch, lounge|lamp", "threshold=0.25", "image_size=512"]
+    )
+    assert parsed == {"whitelist": "sofa, couch, lounge|lamp", "threshold": 0.25, "image_size": 512}
+
+
+def test_pipeline_upload_publishes_the_template(fake, tmp_path, capsys):
+    state, url = fake
+    compile_args, upload_args = make_commands("pipeline-upload", tmp_path, **vertex_settings())
+    host = f"https://{REGION}-kfp.pkg.dev/{PROJECT}/image-segmentation-pipelines"
+    assert upload_args[upload_args.index("--host") + 1] == host
+    assert pipelines_main(compile_args) == 0
+    upload_args[upload_args.index("--host") + 1] = f"{url}/{PROJECT}/image-segmentation-pipelines"
+    assert pipelines_main(upload_args) == 0
+
+    (request,) = state.requests
+    assert request.method == "POST"
+    assert request.path == f"/{PROJECT}/image-segmentation-pipelines"
+    form = request.form()
+    assert form["tags"] == (None, f"latest,{TAG}".encode())
+    filename, content = form["content"]
+    assert filename == "pipeline.yaml"
+    assert content == (tmp_path / "pipeline.yaml").read_bytes()
+    assert "uploaded image-segmentation sha256:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("target", "settings", "missing"),
+    [
+        ("pipeline-compile", {}, "IMAGE_REGISTRY"),
+        ("pipeline-run", {"IMAGE_REGISTRY": REGISTRY}, "PROJECT"),
+        ("pipeline-run", vertex_settings(SERVICE_ACCOUNT=""), "SERVICE_ACCOUNT"),
+        ("pipeline-upload", {"IMAGE_REGISTRY": REGISTRY, "PROJECT": PROJECT}, "REGION"),
+        ("push", {}, "IMAGE_REGISTRY"),
+        ("run-component", {}, "STEP"),
+    ],
+)
+def test_missing_settings_name_the_variable(target, settings, missing, tmp_path):
+    result = subprocess.run(
+        ["make", "-n", target, f"PIPELINE_FILE={tmp_path}/p.yaml",
+         *(f"{name}={value}" for name, value in settings.items())],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{missing} is not set" in result.stderr
