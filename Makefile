@@ -26,7 +26,7 @@ lock: ## Re-pin requirements.lock from requirements.in (needs the package index)
 	  --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.lock
 
 test: setup ## Run the test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

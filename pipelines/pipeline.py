@@ -15,11 +15,12 @@ from components import (
     Images,
     convert_component,
     download_component,
+    evaluate_component,
+    not_published_component,
     prepare_component,
     train_component,
     upload_component,
 )
-from components.stages import evaluate_component, not_published_component
 from image_segmentation import ade20k, labels
 
 PIPELINE_NAME = "image-segmentation"

@@ -65,8 +65,12 @@ def gcs_emulator(tmp_path_factory):
 
 @pytest.fixture
 def gcs_client(gcs_emulator):
-    """The real google-cloud-storage client, talking to the emulator."""
+    """The real google-cloud-storage client, talking to the emulator; every bucket a test made
+    is deleted afterwards, so tests may reuse bucket names."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    return storage.Client(project="test-project", credentials=AnonymousCredentials())
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    yield client
+    for bucket in client.list_buckets():
+        bucket.delete(force=True)
