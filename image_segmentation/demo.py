@@ -167,5 +167,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  exported            {path}")
     print(f"  uploaded to         {uploaded['uri']} (local emulator, gone when the demo ends)")
     print(f"  evaluation report   {work / 'evaluation' / 'report.html'}")
-    print("  validation metrics  " + json.dumps(metrics.get("summary", metrics))[:400])
+    print(
+        f"  validation metrics  mIoU {metrics['miou']:.3f} and pixel accuracy "
+        f"{metrics['pixel_accuracy']:.3f} ignoring 'none' (the quality gate's convention); "
+        f"all classes: mIoU {metrics['miou_all_classes']:.3f}, "
+        f"pixel accuracy {metrics['pixel_accuracy_all_classes']:.3f}"
+    )
     return 0
