@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from image_segmentation import ade20k, storage
+from image_segmentation import ade20k, files, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ def extract_archive(archive_path: Path, output_dir: Path, manifest: dict, starte
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": round(time.monotonic() - started, 1),
             }
-            write_manifest(output_dir / MANIFEST_NAME, manifest)
+            files.write_json(output_dir / MANIFEST_NAME, manifest)
             (work / ade20k.DATASET_DIR).rename(dataset)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -413,13 +413,6 @@ def count_files(dataset: Path) -> dict[str, dict[str, int]]:
         }
         for split in ade20k.SPLITS
     }
-
-
-def write_manifest(path: Path, manifest: dict) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a manifest."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(path)
 
 
 def resolve_size(text: str, sha1: str | None) -> int | None:

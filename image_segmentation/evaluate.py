@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from image_segmentation import dataset, icnet, labels, metrics, records, report, train
+from image_segmentation import dataset, files, icnet, labels, metrics, records, report, train
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -199,11 +199,6 @@ def read_history(model_dir: Path) -> list[dict]:
     return [entry for entry in history if isinstance(entry, dict)]
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n")
-
-
 def evaluate(
     model_dir: Path,
     data_dir: Path,
@@ -269,7 +264,7 @@ def evaluate(
         },
     }
     output_dir = Path(output_dir)
-    _write_json(output_dir / METRICS_FILE, result)
+    files.write_json(output_dir / METRICS_FILE, result)
     details = {
         "model": str(model_dir),
         "data": str(data_dir),
@@ -350,10 +345,10 @@ def run(args: argparse.Namespace) -> int:
         report_html=args.report_html,
     )
     if args.metrics_json:
-        _write_json(args.metrics_json, kfp_metrics(result))
+        files.write_json(args.metrics_json, kfp_metrics(result))
     if args.confusion_matrix_json:
-        confusion = np.array(result["confusion_matrix"])
-        _write_json(args.confusion_matrix_json, kfp_confusion_matrix(confusion, result["labels"]))
+        confusion = kfp_confusion_matrix(np.array(result["confusion_matrix"]), result["labels"])
+        files.write_json(args.confusion_matrix_json, confusion)
     if args.miou_output:
         args.miou_output.parent.mkdir(parents=True, exist_ok=True)
         args.miou_output.write_text(repr(result[GATE_METRIC]))

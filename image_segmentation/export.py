@@ -30,7 +30,7 @@ from coremltools.models.neural_network import quantization_utils
 from coremltools.optimize import coreml as ct_optimize
 from coremltools.proto import FeatureTypes_pb2, MIL_pb2
 
-from image_segmentation import dataset, icnet, labels, synthetic, train
+from image_segmentation import dataset, files, icnet, labels, synthetic, train
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -632,7 +632,7 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
         "tflite": tflite,
         "check_images": image_names,
     }
-    (output_dir / EXPORT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    files.write_json(output_dir / EXPORT_FILE, result)
     log.info("exported %s to %s", ", ".join(result["files"]), output_dir)
     return result
 

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import functools
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from image_segmentation import ade20k, labels, records
+from image_segmentation import ade20k, files, labels, records
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -354,9 +353,7 @@ def prepare_dataset(
         "num_classes": classes.num_classes,
         "splits": {p: stats[p].to_json(classes.labels) for p in SPLITS},
     }
-    partial = output_dir / "stats.json.partial"
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(output_dir / "stats.json")
+    files.write_json(output_dir / "stats.json", summary)
     for prefix, split_stats in stats.items():
         skipped = sum(split_stats.skipped.values())
         log.info(

@@ -35,7 +35,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import summary_pb2
 
-from image_segmentation import dataset, icnet, labels, metrics, records, storage
+from image_segmentation import dataset, files, icnet, labels, metrics, records, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -255,23 +255,6 @@ class Validation(keras.callbacks.Callback):
         )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file beside `path`, renamed into place when complete."""
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False
-    ) as part:
-        part_path = Path(part.name)
-    try:
-        write(part_path)
-        part_path.replace(path)
-    finally:
-        part_path.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, value) -> None:
-    _atomic_write(path, lambda part: part.write_text(json.dumps(value, indent=2) + "\n"))
-
-
 def save_checkpoint(
     directory: Path, model: keras.Model, epoch: int, history: list[dict], run: dict
 ) -> Path:
@@ -290,7 +273,7 @@ def save_checkpoint(
         with open(part, "wb") as file:
             np.savez(file, **arrays)
 
-    _atomic_write(path, write)
+    files.atomic_write(path, write)
     for old in list_checkpoints(directory)[:-KEEP_CHECKPOINTS]:
         old.unlink(missing_ok=True)
     return path
@@ -625,9 +608,9 @@ def write_model_dir(
     partial = output_dir / f".partial.{WEIGHTS_FILE}"
     model.save_weights(partial)
     partial.replace(weights)
-    _write_json(output_dir / HISTORY_FILE, history)
-    _write_json(output_dir / METRICS_FILE, scores)
-    _write_json(output_dir / CONFIG_FILE, config)
+    files.write_json(output_dir / HISTORY_FILE, history)
+    files.write_json(output_dir / METRICS_FILE, scores)
+    files.write_json(output_dir / CONFIG_FILE, config)
 
 
 def load_model(model_dir: Path) -> tuple[keras.Model, dict]:
