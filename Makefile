@@ -57,6 +57,11 @@ BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
 IMAGES := $(patsubst docker/%.Dockerfile,%,$(wildcard docker/*.Dockerfile))
 BUILD_REGISTRY = $(or $(IMAGE_REGISTRY),localhost)
 image_name = $(1)/image-segmentation-$(2):$(TAG)
+# The light image is also tagged by the content of what the download step runs, so Vertex's
+# step cache keeps the 1 GB download across commits (components/images.py).
+DOWNLOAD_TAG = $(shell $(PYTHON_BOOT) components/images.py)
+download_image = $(1)/image-segmentation-light:$(DOWNLOAD_TAG)
+image_tags = -t $(call image_name,$(1),$(2)) $(if $(filter light,$(2)),-t $(call download_image,$(1)))
 PIPELINE_FILE ?= build/pipeline.yaml
 PARAMS ?=
 PARAMS_FILE ?=
@@ -91,13 +96,14 @@ wheels: $(foreach i,$(IMAGES),build/wheels/$(i)/.complete) ## Fetch the images' 
 
 image-%: build/wheels/%/.complete
 	$(CONTAINER_ENGINE) build --network=none -f docker/$*.Dockerfile \
-	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(call image_name,$(BUILD_REGISTRY),$*) .
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) $(call image_tags,$(BUILD_REGISTRY),$*) .
 
 images: $(addprefix image-,$(IMAGES)) ## Build the images (offline; IMAGE_REGISTRY or localhost)
 
 push: ## Push the images to IMAGE_REGISTRY
 	$(call require,IMAGE_REGISTRY)
 	$(foreach i,$(IMAGES),$(CONTAINER_ENGINE) push $(call image_name,$(IMAGE_REGISTRY),$(i)) &&) true
+	$(if $(filter light,$(IMAGES)),$(CONTAINER_ENGINE) push $(call download_image,$(IMAGE_REGISTRY)))
 
 pipeline-compile: setup ## Write PIPELINE_FILE with IMAGE_REGISTRY and TAG baked in
 	$(call require,IMAGE_REGISTRY TAG)

@@ -9,6 +9,7 @@ from components.stages import (
     prepare_component,
     train_component,
     upload_component,
+    worker_replicas_component,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "prepare_component",
     "train_component",
     "upload_component",
+    "worker_replicas_component",
 ]

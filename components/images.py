@@ -3,10 +3,22 @@
 `make images` builds one image per Dockerfile in docker/ (`docker/NAME.Dockerfile` becomes
 `REGISTRY/image-segmentation-NAME:TAG`); the components take their image names from here, so
 `make pipeline-compile IMAGE_REGISTRY=... TAG=...` bakes the same names into the pipeline.
+
+The download step is the exception. Vertex caches a step by its image name, command and
+inputs, and TAG changes with every commit, which would throw away a 1 GB download each time.
+So the light image also gets a content tag, `download-HASH`, a hash of exactly the files the
+download step runs (`DOWNLOAD_SOURCES`), and the download step uses that tag: its cache
+survives every commit that does not change the download itself.
+
+This file uses only the standard library, so `python3 components/images.py` prints the
+download tag for make and Cloud Build without the project's virtual environment.
 """
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 IMAGE_PREFIX = "image-segmentation-"
 # Light stages share a slim image without TensorFlow; training gets GPU TensorFlow; export
 # gets TensorFlow (CPU) with coremltools, and evaluates too (on CPU).
@@ -18,6 +30,30 @@ STAGE_IMAGES = {
     "convert": "export",
     "upload": "light",
 }
+# Everything that decides what the download step does: the light image's recipe and the
+# package modules `python -m image_segmentation download` imports (a test keeps this list
+# equal to the modules it really imports).
+DOWNLOAD_SOURCES = (
+    "docker/light.Dockerfile",
+    "docker/light.lock",
+    "image_segmentation/__init__.py",
+    "image_segmentation/__main__.py",
+    "image_segmentation/ade20k.py",
+    "image_segmentation/cli.py",
+    "image_segmentation/download.py",
+    "image_segmentation/errors.py",
+    "image_segmentation/files.py",
+    "image_segmentation/kfp_executor.py",
+    "image_segmentation/storage.py",
+)
+
+
+def download_tag(root: Path = REPO) -> str:
+    """`download-` and 12 hex digits of the SHA-256 over DOWNLOAD_SOURCES' names and bytes."""
+    digest = hashlib.sha256()
+    for name in DOWNLOAD_SOURCES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return f"download-{digest.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -36,11 +72,16 @@ class Images:
         if not self.tag or ":" in self.tag or "/" in self.tag:
             raise ValueError(f"bad image tag {self.tag!r}")
 
-    def image(self, name: str) -> str:
-        """The full name of image `name` (light, train, export)."""
+    def image(self, name: str, tag: str | None = None) -> str:
+        """The full name of image `name` (light, train, export), at `tag` or the set's tag."""
         name = self.substitutes.get(name, name)
-        return f"{self.registry}/{IMAGE_PREFIX}{name}:{self.tag}"
+        return f"{self.registry}/{IMAGE_PREFIX}{name}:{tag or self.tag}"
 
     def for_stage(self, stage: str) -> str:
         """The full name of the image that runs `stage`."""
-        return self.image(STAGE_IMAGES[stage])
+        tag = download_tag() if stage == "download" else None
+        return self.image(STAGE_IMAGES[stage], tag)
+
+
+if __name__ == "__main__":
+    print(download_tag())

@@ -3,9 +3,10 @@
 Artifacts are folders (files for Metrics, ClassificationMetrics and HTML) at the local paths
 Kubeflow gives (`/gcs/...` on Vertex). Every stage step starts with `--executor-input '{{$}}'`,
 so the stage itself writes the executor output Kubeflow reads its artifacts (with Metrics
-values) and parameter outputs from. One more component, `not_published`, only logs why the
-quality gate stopped a run. The components are made per image set, so one pipeline definition
-compiles for any registry and tag.
+values) and parameter outputs from. Two more components help the pipeline: `not_published` only
+logs why the quality gate stopped a run, and `worker_replicas` works out the size of a
+multi-machine training job's second worker pool (see pipelines/training.py). The components are
+made per image set, so one pipeline definition compiles for any registry and tag.
 """
 
 from kfp import dsl
@@ -21,6 +22,11 @@ NOT_PUBLISHED_SCRIPT = (
     "import sys; miou, min_miou = map(float, sys.argv[1:]); "
     "print(f'mIoU {miou:.4f} is below min_miou {min_miou:.4f}: "
     "the model was not converted or uploaded')"
+)
+WORKER_REPLICAS_SCRIPT = (
+    "import sys; n = int(sys.argv[1]); "
+    "n > 1 or sys.exit(f'replica_count must be at least 1, got {n}'); "
+    "open(sys.argv[2], 'w').write(str(n - 1))"
 )
 
 
@@ -187,3 +193,16 @@ def upload_component(images: Images):
         )  # fmt: skip
 
     return upload
+
+
+def worker_replicas_component(images: Images):
+    @dsl.container_component
+    def worker_replicas(replica_count: int, workers: dsl.OutputPath(int)):
+        """The machines of a training job besides its chief: replica_count - 1."""
+        return dsl.ContainerSpec(
+            image=images.image("light"),
+            command=[PYTHON, "-c", WORKER_REPLICAS_SCRIPT],
+            args=[replica_count, workers],
+        )
+
+    return worker_replicas

@@ -106,7 +106,9 @@ def run_locally(images: Images, pipeline_root: Path, assignments: list[str]) -> 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        template = Path(pipeline.compile_pipeline(images, f"{scratch}/pipeline.yaml"))
+        template = Path(
+            pipeline.compile_pipeline(images, f"{scratch}/pipeline.yaml", on_vertex=False)
+        )
         parameters = vertex.parse_parameters(template, assignments)
     local.init(
         runner=docker_runner(),
@@ -116,4 +118,4 @@ def run_locally(images: Images, pipeline_root: Path, assignments: list[str]) -> 
         cache_root=str(cache_root(images, pipeline_root)),
     )
     with exit_status_kept():
-        pipeline.build_pipeline(images)(**parameters)
+        pipeline.build_pipeline(images, on_vertex=False)(**parameters)

@@ -3,6 +3,9 @@
 Convert and upload run only when the evaluated mIoU reaches `min_miou` (the quality gate);
 otherwise a small step logs why, and the run still succeeds.
 
+It compiles in two variants that differ only in how the train step runs: on Vertex AI as a
+CustomJob (pipelines/training.py), and for `kfp.local` as a plain container step.
+
 Every knob is a pipeline parameter with a default, and its description comes from the `Args:`
 section of the pipeline's docstring, which kfp compiles into the template: the Vertex console
 shows them in its run form. The defaults are the legacy README's living-room example.
@@ -22,16 +25,17 @@ from components import (
     upload_component,
 )
 from image_segmentation import ade20k, labels
+from pipelines import training
 
 PIPELINE_NAME = "image-segmentation"
 JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123120000
 
 
-def publish(upload, converted, trained, destination, model_name, version) -> dsl.PipelineTask:
+def publish(upload, converted, model, destination, model_name, version) -> dsl.PipelineTask:
     """The upload step; never cached, since every run publishes its own version."""
     task = upload(
         exported=converted.outputs["exported"],
-        model=trained.outputs["model"],
+        model=model,
         destination=destination,
         model_name=model_name,
         version=version,
@@ -39,11 +43,13 @@ def publish(upload, converted, trained, destination, model_name, version) -> dsl
     return task.set_caching_options(False)
 
 
-def build_pipeline(images: Images) -> graph_component.GraphComponent:
-    """The pipeline with its steps running on `images`."""
+def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.GraphComponent:
+    """The pipeline with its steps running on `images`; `on_vertex` False: the train step is a
+    plain container step (machine settings ignored), as kfp.local can run it."""
     download = download_component(images)
     prepare = prepare_component(images)
     train = train_component(images)
+    train_job = training.custom_job(train) if on_vertex else None
     evaluate = evaluate_component(images)
     not_published = not_published_component(images)
     convert = convert_component(images)
@@ -66,12 +72,18 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         steps_per_epoch: int = 200,
         batch_size: int = 8,
         learning_rate: float = 1e-3,
+        machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
         accelerator_count: int = 1,
-        train_cpu: str = "8",
-        train_memory: str = "32G",
+        replica_count: int = 1,
+        tensorboard: str = "",
+        train_timeout: str = "172800s",
         prepare_cpu: str = "8",
         prepare_memory: str = "16G",
+        evaluate_cpu: str = "8",
+        evaluate_memory: str = "32G",
+        convert_cpu: str = "4",
+        convert_memory: str = "16G",
         min_miou: float = 0.0,
     ):
         """Train ICNet on a whitelisted subset of ADE20K and publish it as Core ML and TFLite.
@@ -94,15 +106,28 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             alpha: ICNet width multiplier: every filter count is scaled by it.
             epochs: Training epochs.
             steps_per_epoch: Batches per epoch (the legacy 1,600 images at batch size 8).
-            batch_size: Images per training batch (across all GPUs).
-            learning_rate: Initial Adam learning rate.
-            accelerator_type: GPU of the training step, e.g. NVIDIA_L4, NVIDIA_TESLA_T4,
-                NVIDIA_TESLA_A100.
-            accelerator_count: Number of GPUs of the training step.
-            train_cpu: vCPUs of the training step (with the GPU, this picks the machine type).
-            train_memory: Memory of the training step, e.g. 32G.
+            batch_size: Images per training batch on each GPU; the global batch is this
+                times the number of GPUs on all machines.
+            learning_rate: Initial Adam learning rate for one GPU; it is multiplied by the
+                number of GPUs on all machines, as the global batch grows with them.
+            machine_type: Machine of the training job; it fixes the GPUs it can carry, e.g.
+                g2-standard-8 (1 L4), g2-standard-24 (2 L4), n1-standard-8 (1-4 T4),
+                a2-highgpu-1g (1 A100), a3-highgpu-1g (1 H100).
+            accelerator_type: GPU of the training job, e.g. NVIDIA_L4, NVIDIA_TESLA_T4,
+                NVIDIA_TESLA_A100, NVIDIA_H100_80GB; it must fit the machine type.
+            accelerator_count: GPUs per training machine; it must fit the machine type.
+            replica_count: Training machines; more than 1 trains on all of them
+                (data parallel), the first one writes the model.
+            tensorboard: Optional Vertex AI TensorBoard instance that receives the training
+                scalars, projects/PROJECT/locations/REGION/tensorboards/ID; empty: none.
+            train_timeout: Longest the training job may run, in seconds with an s, e.g.
+                172800s (two days).
             prepare_cpu: vCPUs of the prepare step (one worker process per vCPU).
             prepare_memory: Memory of the prepare step, e.g. 16G.
+            evaluate_cpu: vCPUs of the evaluate step.
+            evaluate_memory: Memory of the evaluate step, e.g. 32G.
+            convert_cpu: vCPUs of the convert step.
+            convert_memory: Memory of the convert step, e.g. 16G.
             min_miou: Quality gate (0-1): the model is converted and published only when its
                 mean IoU on the validation split, ignoring pixels of class 0 'none' (the ADE20K
                 benchmark convention), is at least this; 0 publishes every model.
@@ -116,26 +141,41 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             val_shards=val_shards,
         )
         prepared.set_cpu_limit(prepare_cpu).set_memory_limit(prepare_memory)
-        trained = train(
-            data=prepared.outputs["prepared"],
-            image_size=image_size,
-            alpha=alpha,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-        )
-        trained.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
-        trained.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
-        evaluated = evaluate(data=prepared.outputs["prepared"], model=trained.outputs["model"])
+        train_inputs = {
+            "data": prepared.outputs["prepared"],
+            "image_size": image_size,
+            "alpha": alpha,
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+        }
+        if on_vertex:
+            model = training.train_on_vertex(
+                images,
+                train_job,
+                machines={
+                    "machine_type": machine_type,
+                    "accelerator_type": accelerator_type,
+                    "accelerator_count": accelerator_count,
+                    "replica_count": replica_count,
+                },
+                job_settings={"tensorboard": tensorboard, "timeout": train_timeout},
+                train_inputs=train_inputs,
+            )
+        else:
+            model = train(**train_inputs).outputs["model"]
+        evaluated = evaluate(data=prepared.outputs["prepared"], model=model)
+        evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
         with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
-            converted = convert(model=trained.outputs["model"])
+            converted = convert(model=model)
+            converted.set_cpu_limit(convert_cpu).set_memory_limit(convert_memory)
             # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
             # so the default version is chosen here: one of the two upload tasks runs.
             with dsl.If(model_version == "", name="version-is-job-name"):
-                publish(upload, converted, trained, destination, model_name, JOB_NAME)
+                publish(upload, converted, model, destination, model_name, JOB_NAME)
             with dsl.Else(name="version-given"):
-                publish(upload, converted, trained, destination, model_name, model_version)
+                publish(upload, converted, model, destination, model_name, model_version)
         with dsl.Else(name="below-min-miou"):
             skipped = not_published(miou=evaluated.outputs["miou"], min_miou=min_miou)
             skipped.set_caching_options(False)  # every gated run says why nothing was published
@@ -143,7 +183,7 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
     return image_segmentation
 
 
-def compile_pipeline(images: Images, path: str) -> str:
+def compile_pipeline(images: Images, path: str, on_vertex: bool = True) -> str:
     """Write the pipeline template (YAML) for `images` to `path`; return the path."""
-    compiler.Compiler().compile(build_pipeline(images), package_path=path)
+    compiler.Compiler().compile(build_pipeline(images, on_vertex), package_path=path)
     return path

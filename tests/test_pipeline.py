@@ -13,14 +13,17 @@ import yaml
 from google.protobuf import json_format
 from kfp.local import executor_output_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
+from vertex_fake import CUSTOM_JOB_LAUNCHER, render_custom_jobs
 
 from components import STAGE_IMAGES, Images
+from components.images import DOWNLOAD_SOURCES, download_tag
 from image_segmentation import ade20k, cli, kfp_executor, labels
 from pipelines.__main__ import main as pipelines_main
+from pipelines.pipeline import compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY, TAG = "europe-west4-docker.pkg.dev/my-project/images", "v7"
-STEPS = ("download", "prepare", "train", "evaluate", "convert", "upload", "upload-2")
+STEPS = ("download", "prepare", "train", "train-2", "evaluate", "convert", "upload", "upload-2")
 PARAM = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.path\}\}")
 OUTPUT_PARAM = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
@@ -39,8 +42,56 @@ def spec(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.fixture(scope="module")
+def local_spec(tmp_path_factory) -> dict:
+    """The variant `make pipeline-local` runs: the train step is a plain container step."""
+    path = tmp_path_factory.mktemp("compiled-local") / "pipeline.yaml"
+    compile_pipeline(Images(REGISTRY, TAG), str(path), on_vertex=False)
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(params=["vertex", "local"])
+def either_spec(request, spec, local_spec) -> dict:
+    return spec if request.param == "vertex" else local_spec
+
+
 def executor(spec: dict, step: str) -> dict:
     return spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+
+
+def all_tasks(spec: dict, tasks: dict | None = None) -> dict[str, dict]:
+    """Every task of the pipeline, in nested DAGs too, by task name."""
+    tasks = spec["root"]["dag"]["tasks"] if tasks is None else tasks
+    found = dict(tasks)
+    for task in tasks.values():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            found |= all_tasks(spec, component["dag"]["tasks"])
+    return found
+
+
+def stage_container(spec: dict, step: str) -> dict:
+    """The command and args a step's stage container runs: the step's own container, or for
+    a CustomJob step the container of its first worker pool (as Kubeflow fills it in)."""
+    container = executor(spec, step)
+    if CUSTOM_JOB_LAUNCHER not in container["command"]:
+        return container
+    task = next(t for t in all_tasks(spec).values() if t["componentRef"]["name"] == f"comp-{step}")
+    pool = task["inputs"]["parameters"]["worker_pool_specs"]["runtimeValue"]["constant"][0]
+    command = ["{{$}}" if part == "{{$.json_escape[1]}}" else part
+               for part in pool["container_spec"]["command"]]  # fmt: skip
+    return {"image": pool["container_spec"]["image_uri"], "command": command,
+            "args": pool["container_spec"]["args"]}  # fmt: skip
+
+
+def gate_task(spec: dict) -> dict:
+    """The root task that holds the quality gate's two branches."""
+    (gate,) = [
+        task for task in spec["root"]["dag"]["tasks"].values()
+        if "dag" in spec["components"][task["componentRef"]["name"]]
+        and "quality-gate" in branches(spec, task)
+    ]  # fmt: skip
+    return gate
 
 
 def artifact_sources(task: dict) -> dict[str, tuple[str, str]]:
@@ -77,7 +128,8 @@ def steps_under(spec: dict, tasks: dict[str, dict]) -> set[str]:
     return found
 
 
-def test_steps_run_in_order_with_artifacts_passed(spec):
+def test_steps_run_in_order_with_artifacts_passed(local_spec):
+    spec = local_spec
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"download", "prepare", "train", "evaluate", "condition-branches-1"}
     assert "dependentTasks" not in tasks["download"]
@@ -100,12 +152,49 @@ def test_steps_run_in_order_with_artifacts_passed(spec):
     assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
 
 
-def test_convert_and_upload_run_only_when_the_evaluated_miou_reaches_min_miou(spec):
+def test_on_vertex_the_model_comes_from_the_training_job_that_ran(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    assert steps_under(spec, {k: tasks[k] for k in tasks if k != "condition-branches-1"}) == {
-        "comp-download", "comp-prepare", "comp-train", "comp-evaluate",
+    assert set(tasks) == {"download", "prepare", "condition-branches-1", "evaluate",
+                          "condition-branches-4"}  # fmt: skip
+    training = tasks["condition-branches-1"]
+    assert artifact_sources(training) == {
+        "pipelinechannel--prepare-prepared": ("prepare", "prepared")
+    }
+    paths = branches(spec, training)
+    replicas = "int(inputs.parameter_values['pipelinechannel--replica_count']) == 1"
+    assert {name: branch["triggerPolicy"]["condition"] for name, branch in paths.items()} == {
+        "one-machine": replicas, "several-machines": f"!({replicas})",
     }  # fmt: skip
-    gate = tasks["condition-branches-1"]
+    assert {name: set(dag_tasks(spec, branch)) for name, branch in paths.items()} == {
+        "one-machine": {"train"}, "several-machines": {"worker-replicas", "train-2"},
+    }  # fmt: skip
+    oneof = "pipelinechannel--condition-branches-1-oneof-1"
+    selectors = spec["components"][training["componentRef"]["name"]]["dag"]["outputs"]
+    assert selectors["artifacts"][oneof]["artifactSelectors"] == [
+        {"outputArtifactKey": "pipelinechannel--train-model", "producerSubtask": "condition-2"},
+        {"outputArtifactKey": "pipelinechannel--train-2-model", "producerSubtask": "condition-3"},
+    ]
+    assert artifact_sources(tasks["evaluate"]) == {
+        "data": ("prepare", "prepared"),
+        "model": ("condition-branches-1", oneof),
+    }
+    assert artifact_sources(gate_task(spec))[f"pipelinechannel--condition-branches-1-{oneof}"] == (
+        "condition-branches-1", oneof,
+    )  # fmt: skip
+    for task in ("train", "train-2"):
+        assert all_tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
+        assert all_tasks(spec)[task]["taskInfo"]["name"] == "train"
+
+
+def test_convert_and_upload_run_only_when_the_evaluated_miou_reaches_min_miou(either_spec):
+    spec = either_spec
+    tasks = spec["root"]["dag"]["tasks"]
+    gate = gate_task(spec)
+    before_gate = {k: task for k, task in tasks.items() if task is not gate}
+    assert {"comp-download", "comp-prepare", "comp-evaluate"} < steps_under(spec, before_gate)
+    assert steps_under(spec, before_gate) - {"comp-download", "comp-prepare", "comp-evaluate"} in (
+        {"comp-train"}, {"comp-train", "comp-train-2", "comp-worker-replicas"}
+    )  # fmt: skip
     wiring = gate["inputs"]["parameters"]
     assert wiring["pipelinechannel--evaluate-miou"] == {
         "taskOutputParameter": {"producerTask": "evaluate", "outputParameterKey": "miou"}
@@ -159,11 +248,14 @@ def test_the_gated_run_logs_why_nothing_was_published(spec):
     )
 
 
-def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
-    gate = branches(spec, spec["root"]["dag"]["tasks"]["condition-branches-1"])
+def test_one_upload_runs_with_the_given_version_or_the_job_name(either_spec):
+    spec = either_spec
+    gate = branches(spec, gate_task(spec))
     inside = dag_tasks(spec, gate["quality-gate"])
-    assert set(inside) == {"convert", "condition-branches-2"}
-    paths = branches(spec, inside["condition-branches-2"])
+    (versions_task,) = [name for name in inside if name.startswith("condition-branches-")]
+    assert set(inside) == {"convert", versions_task}
+    model = artifact_sources(inside["convert"])["model"]
+    paths = branches(spec, inside[versions_task])
     conditions = {name: branch["triggerPolicy"]["condition"] for name, branch in paths.items()}
     empty = "inputs.parameter_values['pipelinechannel--model_version'] == ''"
     assert conditions == {"version-is-job-name": empty, "version-given": f"!({empty})"}
@@ -174,7 +266,7 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
         assert upload["cachingOptions"] == {}  # every run publishes: never cached
         assert artifact_sources(upload) == {
             "exported": ("input", "pipelinechannel--convert-exported"),
-            "model": ("input", "pipelinechannel--train-model"),
+            "model": ("input", model[1]),  # the model that was converted
         }
         versions[name] = upload["inputs"]["parameters"]["version"]
     assert versions == {
@@ -184,16 +276,20 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
 
 
 def test_images_come_from_the_registry_and_tag(spec):
-    images = {step: executor(spec, step)["image"] for step in STEPS}
+    images = {step: stage_container(spec, step)["image"] for step in STEPS}
     assert images == {
-        "download": f"{REGISTRY}/image-segmentation-light:{TAG}",
+        "download": f"{REGISTRY}/image-segmentation-light:{download_tag()}",
         "prepare": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "train": f"{REGISTRY}/image-segmentation-train:{TAG}",
+        "train-2": f"{REGISTRY}/image-segmentation-train:{TAG}",
         "evaluate": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "convert": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "upload": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "upload-2": f"{REGISTRY}/image-segmentation-light:{TAG}",
     }
+    assert executor(spec, "train")["image"].startswith(
+        "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
+    )  # the CustomJob launcher
 
 
 def test_every_image_has_a_dockerfile():
@@ -201,25 +297,97 @@ def test_every_image_has_a_dockerfile():
         assert (REPO / "docker" / f"{name}.Dockerfile").is_file(), name
 
 
-def test_training_runs_on_the_gpu_the_parameters_name(spec):
-    resources = executor(spec, "train")["resources"]
-    assert resources == {
-        "accelerator": {
-            "resourceType": "{{$.inputs.parameters['pipelinechannel--accelerator_type']}}",
-            "resourceCount": "{{$.inputs.parameters['pipelinechannel--accelerator_count']}}",
-        },
-        "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--train_cpu']}}",
-        "resourceMemoryLimit": "{{$.inputs.parameters['pipelinechannel--train_memory']}}",
+def test_the_download_step_stays_cached_across_commits(tmp_path):
+    """Vertex caches a step by image, command and inputs: another project tag leaves the
+    download step as it was, while a change to a file it runs gives it a new image tag."""
+    steps = {}
+    for tag in ("commit-a", "commit-b"):
+        compile_pipeline(Images(REGISTRY, tag), str(tmp_path / f"{tag}.yaml"))
+        steps[tag] = yaml.safe_load((tmp_path / f"{tag}.yaml").read_text())
+    a, b = steps["commit-a"], steps["commit-b"]
+    assert executor(a, "download") == executor(b, "download")
+    assert a["components"]["comp-download"] == b["components"]["comp-download"]
+    assert executor(a, "prepare")["image"] != executor(b, "prepare")["image"]
+
+    copy = tmp_path / "repo"
+    for name in DOWNLOAD_SOURCES:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes((REPO / name).read_bytes())
+    assert download_tag(copy) == download_tag()
+    (copy / "image_segmentation" / "download.py").write_text("# changed\n", "utf-8")
+    assert download_tag(copy) != download_tag()
+
+
+def test_the_download_tag_covers_every_module_the_download_stage_imports():
+    """The package files loaded by the download stage's command line, parsed as it runs."""
+    probe = (
+        "import sys; from image_segmentation import cli\n"
+        "try: cli.main(['download', '--help'])\nexcept SystemExit: pass\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
+        " if n.split('.')[0] == 'image_segmentation'))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    loaded = {
+        str(Path(line).relative_to(REPO)) for line in result.stdout.splitlines() if ".py" in line
     }
-    wiring = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    assert wiring["pipelinechannel--accelerator_type"] == {
-        "componentInputParameter": "accelerator_type"
+    assert "image_segmentation/download.py" in loaded
+    entry_point = {"image_segmentation/__main__.py"}  # `python -m` runs it first
+    assert loaded | entry_point == {
+        name for name in DOWNLOAD_SOURCES if name.startswith("image_segmentation/")
     }
-    defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert defaults["accelerator_type"]["defaultValue"] == "NVIDIA_L4"
-    assert defaults["accelerator_count"]["defaultValue"] == 1
-    for step in ("download", "evaluate", "convert", "upload"):
-        assert "accelerator" not in executor(spec, step).get("resources", {})
+
+
+def test_on_vertex_training_is_a_custom_job_sized_by_the_run_parameters(spec):
+    """What Vertex would create from a run's parameters: one machine, or a chief and workers."""
+    values = {"destination": "gs://b/models", "machine_type": "a2-highgpu-2g",
+              "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 2,
+              "tensorboard": "projects/p/locations/l/tensorboards/7", "train_timeout": "3600s",
+              "epochs": 4}  # fmt: skip
+    body = {"pipelineSpec": spec, "serviceAccount": "runner@p.iam.gserviceaccount.com",
+            "runtimeConfig": {"gcsOutputDirectory": "gs://b/root"}}  # fmt: skip
+    for replicas in (1, 3):
+        body["runtimeConfig"]["parameterValues"] = {**values, "replica_count": replicas}
+        jobs = render_custom_jobs(body)
+        job = jobs["one-machine" if replicas == 1 else "several-machines"]["job_spec"]
+        pools = job["worker_pool_specs"]
+        assert [int(pool["replica_count"]) for pool in pools] == [1, 2][: min(replicas, 2)]
+        for pool in pools:
+            assert pool["machine_spec"] == {"machine_type": "a2-highgpu-2g",
+                                            "accelerator_type": "NVIDIA_TESLA_A100",
+                                            "accelerator_count": "2"}  # fmt: skip
+            container = pool["container_spec"]
+            assert container["image_uri"] == f"{REGISTRY}/image-segmentation-train:{TAG}"
+            assert container["command"][-1] == "train"
+            assert container["args"][container["args"].index("--epochs") + 1] == "4"
+        assert job["tensorboard"] == values["tensorboard"]
+        assert job["scheduling"]["timeout"] == "3600s"
+        assert job["scheduling"]["restart_job_on_worker_restart"] is True
+        assert job["service_account"] == body["serviceAccount"]
+        assert job["base_output_directory"]["output_uri_prefix"].startswith("gs://b/root/")
+
+
+def test_a_replica_count_below_one_stops_the_run_with_a_message(spec):
+    container = executor(spec, "worker-replicas")
+    result = subprocess.run([sys.executable, *container["command"][1:], "0", "/dev/null"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "replica_count must be at least 1, got 0"
+
+
+def test_locally_training_is_a_plain_step(local_spec):
+    assert "resources" not in executor(local_spec, "train")
+    assert stage_container(local_spec, "train")["command"][-1] == "train"
+    assert "comp-worker-replicas" not in local_spec["components"]
+
+
+def test_evaluate_and_convert_take_their_resources_from_parameters(either_spec):
+    for step in ("evaluate", "convert"):
+        assert executor(either_spec, step)["resources"] == {
+            "resourceCpuLimit": f"{{{{$.inputs.parameters['pipelinechannel--{step}_cpu']}}}}",
+            "resourceMemoryLimit":
+                f"{{{{$.inputs.parameters['pipelinechannel--{step}_memory']}}}}",
+        }  # fmt: skip
 
 
 def test_parameters_default_to_the_legacy_living_room_example(spec):
@@ -238,6 +406,11 @@ def test_parameters_default_to_the_legacy_living_room_example(spec):
     assert defaults["model_version"] == ""  # empty: the run's job name
     assert defaults["steps_per_epoch"] == 200  # the legacy 1,600 images per epoch at batch 8
     assert defaults["min_miou"] == 0.0  # the quality gate lets every model through
+    assert defaults["machine_type"] == "g2-standard-8"  # carries exactly one L4
+    assert defaults["accelerator_type"] == "NVIDIA_L4"
+    assert defaults["accelerator_count"] == 1
+    assert defaults["replica_count"] == 1
+    assert defaults["tensorboard"] == ""
     assert len(parameters) >= 20
 
 
@@ -262,7 +435,7 @@ def _resolve(arg: str, parameter_types: dict[str, str]) -> str:
 def test_step_command_is_the_stage_cli(spec, step):
     """Each step runs `python -m image_segmentation --executor-input {{$}} ... STAGE`, and its
     arguments parse with the stage's own argparse options."""
-    container = executor(spec, step)
+    container = stage_container(spec, step)
     command = container["command"]
     assert command[:5] == ["python", "-m", "image_segmentation", "--executor-input", "{{$}}"]
     given = ["{}" if part == "{{$}}" else part for part in command[3:]]  # as Kubeflow fills it

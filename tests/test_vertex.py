@@ -71,8 +71,14 @@ def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, caps
     from google.auth.credentials import AnonymousCredentials
 
     state, url = fake
+    tensorboard = f"projects/{PROJECT}/locations/{REGION}/tensorboards/42"
+    params = (
+        "epochs=3 alpha=0.5 model_version=v9 machine_type=a2-highgpu-2g "
+        f"accelerator_type=NVIDIA_TESLA_A100 accelerator_count=2 replica_count=3 "
+        f"tensorboard={tensorboard} train_timeout=7200s"
+    )
     compile_args, run_args = make_commands(
-        "pipeline-run", tmp_path, **vertex_settings(PARAMS="epochs=3 alpha=0.5 model_version=v9")
+        "pipeline-run", tmp_path, **vertex_settings(PARAMS=params)
     )
     assert compile_args[:1] == ["compile"] and run_args[:1] == ["run"]
     assert pipelines_main(compile_args) == 0
@@ -94,12 +100,35 @@ def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, caps
         "epochs": 3,
         "alpha": 0.5,
         "model_version": "v9",
+        "machine_type": "a2-highgpu-2g",
+        "accelerator_type": "NVIDIA_TESLA_A100",
+        "accelerator_count": 2,
+        "replica_count": 3,
+        "tensorboard": tensorboard,
+        "train_timeout": "7200s",
     }
     spec = body["pipelineSpec"]
     assert spec == yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {f"{REGISTRY}/image-segmentation-{name}:{TAG}"
-                      for name in ("light", "train", "export")}  # fmt: skip
+    assert {f"{REGISTRY}/image-segmentation-{name}:{TAG}" for name in ("light", "export")} < images
+
+    # The CustomJob Vertex makes of the train step: a chief and two workers, as asked.
+    (job,) = vertex_fake.render_custom_jobs(body).values()
+    chief, workers = job["job_spec"]["worker_pool_specs"]
+    assert [int(chief["replica_count"]), int(workers["replica_count"])] == [1, 2]
+    for pool in (chief, workers):
+        assert pool["machine_spec"] == {"machine_type": "a2-highgpu-2g",
+                                        "accelerator_type": "NVIDIA_TESLA_A100",
+                                        "accelerator_count": "2"}  # fmt: skip
+        container = pool["container_spec"]
+        assert container["image_uri"] == f"{REGISTRY}/image-segmentation-train:{TAG}"
+        args = container["args"]
+        assert args[args.index("--epochs") + 1] == "3" and args[args.index("--alpha") + 1] == "0.5"
+        assert args[args.index("--output-dir") + 1] == "{{$.outputs.artifacts['model'].path}}"
+    assert job["job_spec"]["tensorboard"] == tensorboard
+    assert job["job_spec"]["service_account"] == SERVICE_ACCOUNT
+    assert job["job_spec"]["scheduling"]["timeout"] == "7200s"
+    assert job["job_spec"]["scheduling"]["restart_job_on_worker_restart"] is True
     out = capsys.readouterr().out
     assert (
         f"https://console.cloud.google.com/vertex-ai/locations/{REGION}/pipelines/runs/"
