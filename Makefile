@@ -71,7 +71,7 @@ DATA ?= $(WORK)/data
 PIPELINE_ROOT ?= $(WORK)/pipeline-local
 # pipeline-local: no GPU here, so the export image (TensorFlow CPU) also trains
 LOCAL_IMAGES ?= light export
-WHEEL_PLATFORMS := manylinux2014_x86_64 $(foreach v,24 27 28 31 34 35 36,manylinux_2_$(v)_x86_64)
+WHEEL_PLATFORMS := manylinux2014_x86_64 $(foreach v,24 25 26 27 28 29 30 31 32 33 34 35 36,manylinux_2_$(v)_x86_64)
 require = $(foreach v,$(1),$(if $($(v)),,$(error $(v) is not set: make $@ $(v)=...)))
 stage_of = $(if $(filter convert,$(1)),export,$(1))
 image_of = $(if $(filter train,$(1)),train,$(if $(filter evaluate export convert,$(1)),export,light))

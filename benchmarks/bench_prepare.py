@@ -7,6 +7,7 @@ and the fastest run of each counts. CPU time per image is reported too: it depen
 time on other work sharing the machine.
 """
 
+import io
 import json
 import os
 import tempfile
@@ -23,10 +24,11 @@ TARGET_RATIO = 1.5
 
 def floor(dataset: Path, copy_dir: Path) -> int:
     """Decode every training mask once and copy every training JPEG's bytes; return the count."""
-    samples = ade20k.list_samples(dataset, "training")
-    for sample in samples:
-        np.asarray(Image.open(sample.annotation))
-        (copy_dir / sample.image.name).write_bytes(sample.image.read_bytes())
+    with ade20k.FolderSource(dataset) as source:
+        samples = source.list_samples("training")
+        for sample in samples:
+            np.asarray(Image.open(io.BytesIO(source.read(sample.annotation))))
+            (copy_dir / f"{sample.name}.jpg").write_bytes(source.read(sample.image))
     return len(samples)
 
 

@@ -14,7 +14,7 @@ from image_segmentation import kfp_executor
 from image_segmentation.errors import StageError
 
 STAGES = {
-    "download": ("image_segmentation.download", "Download, verify and extract ADE20K."),
+    "download": ("image_segmentation.download", "Download and verify the ADE20K zip."),
     "prepare": ("image_segmentation.prepare", "Whitelist-filter ADE20K into TFRecord shards."),
     "train": ("image_segmentation.train", "Train ICNet on the prepared TFRecords."),
     "evaluate": ("image_segmentation.evaluate", "Score a trained model on the validation split."),

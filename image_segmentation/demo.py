@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = json.loads((work / "evaluation" / "metrics.json").read_text())
     uploaded = json.loads((work / "uploaded.json").read_text())
     print("\nDemo finished. What it made:")
+    print(f"  downloaded dataset  {work / 'ade20k'} (the verified zip and manifest.json)")
     print(f"  prepared TFRecords  {work / 'data'}")
     print(f"  trained model       {work / 'model'}")
     for path in sorted((work / "export").iterdir()):

@@ -1,17 +1,25 @@
-"""Stage 1: fetch ADEChallengeData2016.zip, verify it, and extract it safely.
+"""Stage 1: fetch ADEChallengeData2016.zip and verify it; the verified zip is the output.
 
-The MIT server is slow and flaky, so HTTP downloads resume with Range requests (also
-across runs, from the `.partial` file a killed run leaves) and retry transient failures.
-The archive is checked before anything is extracted, extraction happens in a hidden folder
-that is renamed into place, and `manifest.json` is written before that rename: a dataset
-folder never appears unless it is complete, and a rerun over a complete one does nothing.
+The output folder gets the zip itself, not extracted, and then `manifest.json`, written last as
+the completion marker. On Vertex AI the output is a Cloud Storage FUSE mount, where every file
+is an object, appending rewrites one and a folder cannot be renamed: so the zip is downloaded to
+a scratch folder on local disk and copied into the output once (elsewhere the scratch folder is
+the output folder itself, and nothing is copied).
+
+The MIT server is slow and flaky, so HTTP downloads resume with Range requests (also across
+runs, from the `.partial` file a killed run leaves in the scratch folder) and retry transient
+failures. The zip is accepted only after its size and SHA-1 match and it opens as a zip whose
+members are all safe to extract (no absolute path, `..` or symlink) and hold the
+ADEChallengeData2016 layout. A rerun over a complete output does nothing.
 """
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
+import os
 import re
 import shutil
 import stat
@@ -22,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,10 +41,9 @@ from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_NAME = f"{ade20k.DATASET_DIR}.zip"
-MANIFEST_NAME = "manifest.json"
-EXTRACTING_PREFIX = f".{ade20k.DATASET_DIR}.extracting-"
-MANIFEST_FORMAT = 1
+ARCHIVE_NAME = ade20k.ARCHIVE_NAME
+MANIFEST_NAME = ade20k.MANIFEST_NAME
+MANIFEST_FORMAT = 2  # 1: the zip was extracted into ADEChallengeData2016/
 _CHUNK = 1 << 20
 _MAX_DELAY = 60.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -56,60 +64,76 @@ def download_dataset(
     size: int | None = ade20k.OFFICIAL_SIZE,
     *,
     archive_dir: Path | None = None,
-    keep_archive: bool = False,
     retries: int = 5,
     timeout: float = 60.0,
     backoff: float = 1.0,
 ) -> Path:
-    """Make `output_dir/ADEChallengeData2016` plus `manifest.json`; return the dataset folder.
+    """Put the verified zip in `output_dir`, then `manifest.json`; return the zip's path.
 
-    `sha1`/`size` None skip that check. A downloaded archive lives in `archive_dir` (default
-    `output_dir`) and is deleted after extraction unless `keep_archive`; a local source file
-    is read in place and never deleted.
+    `sha1`/`size` None skip that check. A download goes to `archive_dir` (see `archive_folder`)
+    and is deleted there once copied; a local source file is copied and never deleted.
     """
     output_dir = Path(output_dir)
-    dataset = output_dir / ade20k.DATASET_DIR
+    target = output_dir / ARCHIVE_NAME
     sha1 = normalize_sha1(sha1)
-    if existing_dataset_is_complete(output_dir, sha1):
-        log.info("%s is complete (it matches %s); nothing to do", dataset, MANIFEST_NAME)
-        return dataset
+    if existing_output_is_complete(output_dir, sha1):
+        log.info("%s is complete (it matches %s); nothing to do", target, MANIFEST_NAME)
+        return target
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(f"{EXTRACTING_PREFIX}*"):
-        log.info("removing %s left by an interrupted run", stale)
-        shutil.rmtree(stale)
     started = time.monotonic()
     local = source_kind(source) == "local"
-    archive = fetch(
-        source,
-        Path(archive_dir or output_dir) / ARCHIVE_NAME,
-        size=size,
-        retries=retries,
-        timeout=timeout,
-        backoff=backoff,
-    )
-    try:
-        actual_sha1 = verify_archive(archive, sha1, size)
-    except StageError as error:
-        if local:
-            raise StageError(f"{error}; the file was left in place") from None
-        archive.unlink()
-        raise StageError(
-            f"{error}; deleted the download, run again to fetch it afresh "
-            "(or give the right --sha1/--size, or none, for a different archive)"
-        ) from None
+    with archive_folder(archive_dir, output_dir) as folder:
+        archive = fetch(
+            source,
+            folder / ARCHIVE_NAME,
+            size=size,
+            retries=retries,
+            timeout=timeout,
+            backoff=backoff,
+        )
+        try:
+            actual_sha1 = verify_archive(archive, sha1, size)
+            counts = check_archive(archive)
+        except StageError as error:
+            if local:
+                raise StageError(f"{error}; the file was left in place") from None
+            archive.unlink()
+            raise StageError(
+                f"{error}; deleted the download, run again to fetch it afresh "
+                "(or give the right --sha1/--size, or none, for a different archive)"
+            ) from None
+        if not (target.exists() and os.path.samefile(archive, target)):
+            log.info("copying %s to %s", archive, target)
+            shutil.copyfile(archive, target)
+            if not local:
+                archive.unlink()
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "source": public_source(source),
-        "archive": archive.name,
+        "archive": ARCHIVE_NAME,
         "sha1": actual_sha1,
         "sha1_verified": sha1 is not None,
-        "size": archive.stat().st_size,
-        "dataset_dir": ade20k.DATASET_DIR,
+        "size": target.stat().st_size,
+        "counts": counts,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
     }
-    extract_archive(archive, output_dir, manifest, started)
-    if not local and not keep_archive:
-        archive.unlink()
-    return dataset
+    files.write_json(output_dir / MANIFEST_NAME, manifest)
+    log.info("%s: %s", target, json.dumps(counts))
+    return target
+
+
+@contextlib.contextmanager
+def archive_folder(archive_dir: Path | None, output_dir: Path) -> Iterator[Path]:
+    """Where the zip is downloaded: `archive_dir` if given, else `output_dir`, unless that is a
+    FUSE mount (Vertex AI's /gcs/): then a temporary folder on local disk, removed afterwards."""
+    if archive_dir is not None:
+        yield Path(archive_dir)
+    elif ade20k.on_fuse_mount(output_dir):
+        with tempfile.TemporaryDirectory(prefix="ade20k-archive-") as folder:
+            yield Path(folder)
+    else:
+        yield output_dir
 
 
 def normalize_sha1(sha1: str | None) -> str | None:
@@ -122,30 +146,36 @@ def normalize_sha1(sha1: str | None) -> str | None:
     return sha1
 
 
-def existing_dataset_is_complete(output_dir: Path, sha1: str | None) -> bool:
-    """True when a previous run finished here from the expected archive; raise on a conflict.
+def existing_output_is_complete(output_dir: Path, sha1: str | None) -> bool:
+    """True when a previous run finished here with the expected archive; raise on a conflict.
 
-    A dataset folder without a matching manifest was not made (or was changed) by this stage:
-    we refuse to touch it rather than delete someone's data.
+    A manifest that does not describe this stage's output was not written by it (or by this
+    version of it): we refuse to touch the folder rather than overwrite someone's data.
     """
-    dataset = output_dir / ade20k.DATASET_DIR
-    if not dataset.exists():
-        return False
     manifest_path = output_dir / MANIFEST_NAME
-    remove_hint = f"remove {dataset} and {manifest_path} to download again"
+    if not manifest_path.exists():
+        return False
+    archive = output_dir / ARCHIVE_NAME
+    remove_hint = f"remove {manifest_path} to download again"
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
+        raise StageError(f"{manifest_path} is not readable JSON; {remove_hint}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_FORMAT:
         raise StageError(
-            f"{dataset} exists but has no readable {MANIFEST_NAME}; {remove_hint}"
-        ) from None
+            f"{manifest_path} is not a manifest of this stage's format {MANIFEST_FORMAT} "
+            f"(format 1 came with an extracted {ade20k.DATASET_DIR}/); {remove_hint}"
+        )
     if sha1 is not None and manifest.get("sha1") != sha1:
         raise StageError(
-            f"{dataset} was extracted from an archive with SHA-1 {manifest.get('sha1')}, "
-            f"not {sha1}; {remove_hint}"
+            f"{manifest_path} records an archive with SHA-1 {manifest.get('sha1')}, not {sha1}; "
+            f"{remove_hint}"
         )
-    if count_files(dataset) != manifest.get("counts"):
-        raise StageError(f"{dataset} does not hold the files {manifest_path} lists; {remove_hint}")
+    if not archive.is_file() or archive.stat().st_size != manifest.get("size"):
+        raise StageError(
+            f"{archive} is not the {manifest.get('size')}-byte file {manifest_path} lists; "
+            f"{remove_hint}"
+        )
     return True
 
 
@@ -339,7 +369,7 @@ def verify_archive(path: Path, sha1: str | None, size: int | None) -> str:
 
 
 def unsafe_member(info: zipfile.ZipInfo) -> str | None:
-    """Why a member must not be extracted (absolute, `..`, symlink), or None when it is safe."""
+    """Why a member would be unsafe to extract (absolute, `..`, symlink), or None when safe."""
     name = info.filename
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
         return "has an absolute path"
@@ -350,69 +380,22 @@ def unsafe_member(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def extract_archive(archive_path: Path, output_dir: Path, manifest: dict, started: float) -> Path:
-    """Extract into a hidden folder beside the target, check it, write the manifest, rename.
+def check_archive(path: Path) -> dict[str, dict[str, int]]:
+    """Check the zip without extracting it; return the image and annotation counts per split.
 
-    Every member is checked before the first byte is written, so a malicious archive leaves
-    nothing behind.
+    The artifact is meant to be unzipped or read by later steps, so a member that would be
+    unsafe to extract is refused here, as is a zip without the ADEChallengeData2016 layout.
     """
-    dataset = output_dir / ade20k.DATASET_DIR
-    try:
-        archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile:
-        raise StageError(f"{archive_path} is not a zip archive") from None
-    with archive:
-        members = archive.infolist()
-        for info in members:
+    with ade20k.ZipSource(path) as source:
+        for info in source.archive.infolist():
             if reason := unsafe_member(info):
-                raise StageError(f"refusing to extract {archive_path}: {info.filename!r} {reason}")
-        work = Path(tempfile.mkdtemp(prefix=EXTRACTING_PREFIX, dir=output_dir))
-        try:
-            total = sum(info.file_size for info in members)
-            with _progress(total, 0, "extract") as bar:
-                for info in members:
-                    archive.extract(info, work)
-                    bar.update(info.file_size)
-            counts = check_layout(work / ade20k.DATASET_DIR)
-            manifest = {
-                **manifest,
-                "counts": counts,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "seconds": round(time.monotonic() - started, 1),
-            }
-            files.write_json(output_dir / MANIFEST_NAME, manifest)
-            (work / ade20k.DATASET_DIR).rename(dataset)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    log.info("extracted %s: %s", dataset, json.dumps(manifest["counts"]))
-    return dataset
-
-
-def check_layout(dataset: Path) -> dict[str, dict[str, int]]:
-    """Require images/ and annotations/ for both splits; return the file counts."""
-    missing = [
-        f"{kind}/{split}/"
-        for kind in ("images", "annotations")
-        for split in ade20k.SPLITS
-        if not (dataset / kind / split).is_dir()
-    ]
-    if missing:
-        raise StageError(
-            f"the archive does not hold the {ade20k.DATASET_DIR} layout: "
-            f"missing {', '.join(f'{ade20k.DATASET_DIR}/{path}' for path in missing)}"
-        )
-    return count_files(dataset)
-
-
-def count_files(dataset: Path) -> dict[str, dict[str, int]]:
-    """Images (.jpg) and annotations (.png) per split, as recorded in the manifest."""
-    return {
-        split: {
-            "images": sum(1 for _ in (dataset / "images" / split).glob("*.jpg")),
-            "annotations": sum(1 for _ in (dataset / "annotations" / split).glob("*.png")),
-        }
-        for split in ade20k.SPLITS
-    }
+                raise StageError(f"refusing {path}: member {info.filename!r} {reason}")
+        if missing := source.missing_folders():
+            raise StageError(
+                f"the archive does not hold the {ade20k.DATASET_DIR} layout: missing "
+                + ", ".join(f"{ade20k.DATASET_DIR}/{folder}/" for folder in missing)
+            )
+        return source.count_files()
 
 
 def resolve_size(text: str, sha1: str | None) -> int | None:
@@ -430,8 +413,9 @@ def resolve_size(text: str, sha1: str | None) -> int | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "An interrupted download resumes on the next run from the .partial file in ARCHIVE_DIR. "
-        "A zip that fails the size or SHA-1 check is deleted (a local --source is left in "
-        "place) and nothing is extracted. A rerun over a complete dataset does nothing."
+        "A zip that fails a check is deleted (a local --source is left in place) and nothing is "
+        "written to OUTPUT_DIR. Nothing is extracted. A rerun over a complete output does "
+        "nothing."
     )
     parser.add_argument(
         "--source",
@@ -443,7 +427,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-dir",
         type=Path,
         required=True,
-        help="gets ADEChallengeData2016/ in its original layout and manifest.json",
+        help=f"gets the verified {ARCHIVE_NAME} (not extracted) and, last, {MANIFEST_NAME}: "
+        "the source, SHA-1, size and image counts per split",
     )
     parser.add_argument(
         "--sha1",
@@ -462,13 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--archive-dir",
         type=Path,
-        help="where the zip and its .partial file go (default: OUTPUT_DIR); local disk is "
-        "best when OUTPUT_DIR is a mounted bucket",
-    )
-    parser.add_argument(
-        "--keep-archive",
-        action="store_true",
-        help="keep the downloaded zip after extraction (a local --source is never deleted)",
+        help="scratch folder the zip is downloaded to, through a .partial file a rerun resumes "
+        "from, before it is copied into OUTPUT_DIR (default: OUTPUT_DIR itself, or a temporary "
+        "folder when OUTPUT_DIR is on a FUSE mount such as Vertex AI's /gcs/)",
     )
     parser.add_argument(
         "--retries",
@@ -487,15 +468,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     sha1 = normalize_sha1(args.sha1)
-    dataset = download_dataset(
+    archive = download_dataset(
         args.source,
         args.output_dir,
         sha1,
         resolve_size(args.size, sha1),
         archive_dir=args.archive_dir,
-        keep_archive=args.keep_archive,
         retries=args.retries,
         timeout=args.timeout,
     )
-    print(dataset)
+    print(archive)
     return 0

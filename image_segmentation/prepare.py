@@ -7,6 +7,10 @@ with values 0..150; the whole JPEG stream decodes; its whitelisted classes reach
 the threshold are counted apart. Kept images keep their original JPEG bytes unless they are
 grayscale or CMYK (re-encoded as RGB); masks are remapped to output classes and stored as PNG.
 
+The dataset is read where it lies, never extracted: from the download stage's zip, member by
+member, or from an extracted folder. A zip in Cloud Storage or on a FUSE mount (Vertex AI's
+/gcs/) is first copied to local scratch disk, since there every read is a request.
+
 Samples go to shards by a seeded shuffle (ADE20K's names are ordered by scene); each shard is
 written by one worker process, in order, so the output is byte-identical for any number of
 workers (parallelism is per shard: more workers than shards would idle).
@@ -19,8 +23,10 @@ import io
 import logging
 import multiprocessing
 import os
+import shutil
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -32,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from image_segmentation import ade20k, files, labels, records
+from image_segmentation import ade20k, files, labels, records, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ JPEG_QUALITY = 95  # only for the few images that must be re-encoded
 class Options:
     """What every worker needs to process a sample: small, so it pickles cheaply."""
 
+    dataset: Path  # the local zip or dataset folder; each worker opens it itself
     lookup: tuple[int, ...]  # 256 entries: ADE20K pixel value -> output class
     num_classes: int
     threshold: float | None  # None: keep every readable sample
@@ -160,12 +167,14 @@ def _rgb_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def process_sample(sample: ade20k.Sample, options: Options) -> Result:
-    """Check, filter and encode one sample; never raises for bad data."""
+def process_sample(sample: ade20k.Sample, source: ade20k.Source, options: Options) -> Result:
+    """Check, filter and encode one sample read from `source`; never raises for bad data."""
     name = sample.name
-    # PIL raises many exception types on corrupt files, hence the broad excepts below.
+    # PIL (and zipfile, on a corrupt member) raise many exception types, hence the broad excepts.
     try:
-        image_bytes = sample.image.read_bytes()
+        image_bytes = source.read(sample.image)
+        if image_bytes is None:
+            return Result(name, "unreadable_image", f"no file {sample.image}")
         image = Image.open(io.BytesIO(image_bytes))
     except Image.UnidentifiedImageError:
         return Result(name, "unreadable_image", "not an image file")
@@ -173,11 +182,14 @@ def process_sample(sample: ade20k.Sample, options: Options) -> Result:
         return Result(name, "unreadable_image", str(error))
     if image.format != "JPEG":
         return Result(name, "unreadable_image", f"not a JPEG file ({image.format})")
-    if not sample.annotation.is_file():
-        return Result(name, "missing_annotation", f"no {sample.annotation.name}")
     try:
-        mask = Image.open(sample.annotation)
+        mask_bytes = source.read(sample.annotation)
+        if mask_bytes is None:
+            return Result(name, "missing_annotation", f"no {sample.annotation}")
+        mask = Image.open(io.BytesIO(mask_bytes))
         mask.load()
+    except Image.UnidentifiedImageError:
+        return Result(name, "unreadable_annotation", "not an image file")
     except Exception as error:
         return Result(name, "unreadable_annotation", str(error))
     if mask.mode != "L":
@@ -207,7 +219,8 @@ def process_sample(sample: ade20k.Sample, options: Options) -> Result:
     if converted:
         image_bytes = _rgb_jpeg(image)
     mask_png = encode_png(mask.point(options.lookup))
-    record = records.segmentation_example(image_bytes, sample.image.name, height, width, mask_png)
+    filename = Path(sample.image).name
+    record = records.segmentation_example(image_bytes, filename, height, width, mask_png)
     return Result(name, KEPT, record=record, pixel_counts=pixel_counts, converted_to_rgb=converted)
 
 
@@ -223,13 +236,17 @@ class Shard:
 def write_shard(shard: Shard, options: Options) -> list[Result]:
     """Process a shard's samples in order and write the kept ones' records to its file.
 
-    Runs in a worker process; returns the results without their records, so little data goes
-    back to the main process.
+    Runs in a worker process, which opens the dataset itself: a zip handle inherited over fork
+    would share its file position with the other workers. Returns the results without their
+    records, so little data goes back to the main process.
     """
     results = []
-    with records.TFRecordWriter(shard.path) as writer:
+    with (
+        ade20k.open_source(options.dataset) as source,
+        records.TFRecordWriter(shard.path) as writer,
+    ):
         for sample in shard.samples:
-            result = process_sample(sample, options)
+            result = process_sample(sample, source, options)
             if result.status == KEPT:
                 writer.write(result.record)
                 result = replace(result, record=b"")
@@ -259,6 +276,54 @@ def _threshold(whitelist: str | None, threshold: float | None) -> float | None:
 
 
 @contextlib.contextmanager
+def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator[Path]:
+    """The zip or dataset folder that `dataset_dir` names, on local disk while in use.
+
+    A zip in Cloud Storage (a gs:// URI of the zip or of the download stage's output) or on a
+    FUSE mount is copied to a temporary folder in `scratch_dir` (default: the system's), removed
+    afterwards: the workers read tens of thousands of members, each a request over the network.
+    """
+    text = str(dataset_dir)
+    if storage.is_gcs_uri(text):
+        uri = text if text.endswith(".zip") else f"{text.rstrip('/')}/{ade20k.ARCHIVE_NAME}"
+        with _scratch_folder(scratch_dir) as scratch:
+            yield storage.download_file(uri, scratch / ade20k.ARCHIVE_NAME)
+        return
+    dataset = ade20k.locate(Path(text))
+    if not (dataset.is_file() and ade20k.on_fuse_mount(dataset)):
+        yield dataset
+        return
+    with _scratch_folder(scratch_dir) as scratch:
+        log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
+        yield Path(shutil.copyfile(dataset, scratch / ade20k.ARCHIVE_NAME))
+
+
+@contextlib.contextmanager
+def _scratch_folder(scratch_dir: Path | None) -> Iterator[Path]:
+    if scratch_dir is not None:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=scratch_dir) as folder:
+        yield Path(folder)
+
+
+def find_samples(dataset: Path, named: str) -> dict[str, list[ade20k.Sample]]:
+    """The samples of each split (by output prefix); `named` is the dataset as the user gave it."""
+    with ade20k.open_source(dataset) as source:
+        samples = {prefix: source.list_samples(split) for prefix, split in SPLITS.items()}
+    if not any(samples.values()):
+        raise StageError(
+            f"no images in {named} under images/training/ or images/validation/: expected the "
+            f"download stage's output, {ade20k.ARCHIVE_NAME} or an extracted {ade20k.DATASET_DIR}/"
+        )
+    for prefix, found in samples.items():
+        if not found:
+            log.warning(
+                "no %s images in %s: writing empty %s shards", SPLITS[prefix], named, prefix
+            )
+    return samples
+
+
+@contextlib.contextmanager
 def _ordered_results(task, items: list, workers: int) -> Iterator:
     """`task` over `items`, results in order: in this process for one worker, else from a pool.
 
@@ -272,65 +337,11 @@ def _ordered_results(task, items: list, workers: int) -> Iterator:
         yield pool.imap(task, items)
 
 
-def prepare_dataset(
-    dataset_dir: Path,
-    output_dir: Path,
-    whitelist: str | None = None,
-    threshold: float | None = None,
-    train_shards: int = DEFAULT_TRAIN_SHARDS,
-    val_shards: int = DEFAULT_VAL_SHARDS,
-    workers: int | None = None,
-    seed: int = 0,
-) -> dict:
-    """Write the TFRecord shards, labels.txt and (last) stats.json; return the stats.
-
-    Without a whitelist all 150 classes are kept and no threshold applies; with one, the
-    threshold defaults to DEFAULT_THRESHOLD.
-    """
-    classes = labels.parse_whitelist(whitelist)  # raises before anything is written
-    threshold = _threshold(whitelist, threshold)
-    if train_shards < 1 or val_shards < 1:
-        raise StageError("--train-shards and --val-shards must be at least 1")
-    workers = workers if workers is not None else os.cpu_count() or 1
-    if workers < 1:
-        raise StageError(f"--workers must be at least 1, got {workers}")
-    dataset = ade20k.find_dataset(Path(dataset_dir))
-    samples = {prefix: ade20k.list_samples(dataset, split) for prefix, split in SPLITS.items()}
-    if not any(samples.values()):
-        raise StageError(
-            f"no images in {dataset}/images/{{training,validation}}: "
-            f"expected the {ade20k.DATASET_DIR} layout"
-        )
-    for prefix, found in samples.items():
-        if not found:
-            log.warning(
-                "no %s images in %s: writing empty %s shards", SPLITS[prefix], dataset, prefix
-            )
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(output_dir)
-    (output_dir / "labels.txt").write_text(labels.format_labels_file(classes.labels))
-
-    shard_counts = {"train": train_shards, "val": val_shards}
-    shards = [
-        Shard(prefix, output_dir / name, tuple(part))
-        for prefix in SPLITS
-        for part, name in zip(
-            assign_shards(samples[prefix], shard_counts[prefix], seed),
-            shard_names(prefix, shard_counts[prefix]),
-            strict=True,
-        )
-    ]
-    options = Options(
-        lookup=tuple(int(v) for v in classes.lookup_table()),
-        num_classes=classes.num_classes,
-        threshold=threshold,
-    )
+def write_shards(shards: list[Shard], options: Options, workers: int) -> dict[str, SplitStats]:
+    """Write every shard, over `workers` processes, logging each skipped sample; stats by split."""
+    stats = {prefix: SplitStats(pixel_counts=[0] * options.num_classes) for prefix in SPLITS}
     task = functools.partial(write_shard, options=options)
-    stats = {p: SplitStats(pixel_counts=[0] * classes.num_classes) for p in SPLITS}
-    total = sum(len(found) for found in samples.values())
-    started = time.monotonic()
+    total = sum(len(shard.samples) for shard in shards)
     with (
         _ordered_results(task, shards, workers) as shard_results,
         logging_redirect_tqdm(),
@@ -342,7 +353,59 @@ def prepare_dataset(
                 if result.status not in (KEPT, BELOW_THRESHOLD):
                     log.warning("skipped %s: %s (%s)", result.name, result.status, result.detail)
             progress.update(len(results))
+    return stats
+
+
+def prepare_dataset(
+    dataset_dir: str | Path,
+    output_dir: Path,
+    whitelist: str | None = None,
+    threshold: float | None = None,
+    train_shards: int = DEFAULT_TRAIN_SHARDS,
+    val_shards: int = DEFAULT_VAL_SHARDS,
+    workers: int | None = None,
+    seed: int = 0,
+    scratch_dir: Path | None = None,
+) -> dict:
+    """Write the TFRecord shards, labels.txt and (last) stats.json; return the stats.
+
+    `dataset_dir` is anything `local_dataset` accepts. Without a whitelist all 150 classes are
+    kept and no threshold applies; with one, the threshold defaults to DEFAULT_THRESHOLD.
+    """
+    classes = labels.parse_whitelist(whitelist)  # raises before anything is written
+    threshold = _threshold(whitelist, threshold)
+    if train_shards < 1 or val_shards < 1:
+        raise StageError("--train-shards and --val-shards must be at least 1")
+    workers = workers if workers is not None else os.cpu_count() or 1
+    if workers < 1:
+        raise StageError(f"--workers must be at least 1, got {workers}")
+    with local_dataset(dataset_dir, scratch_dir) as dataset:
+        samples = find_samples(dataset, str(dataset_dir))
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _clear_outputs(output_dir)
+        (output_dir / "labels.txt").write_text(labels.format_labels_file(classes.labels))
+
+        shard_counts = {"train": train_shards, "val": val_shards}
+        shards = [
+            Shard(prefix, output_dir / name, tuple(part))
+            for prefix in SPLITS
+            for part, name in zip(
+                assign_shards(samples[prefix], shard_counts[prefix], seed),
+                shard_names(prefix, shard_counts[prefix]),
+                strict=True,
+            )
+        ]
+        options = Options(
+            dataset=dataset,
+            lookup=tuple(int(v) for v in classes.lookup_table()),
+            num_classes=classes.num_classes,
+            threshold=threshold,
+        )
+        started = time.monotonic()
+        stats = write_shards(shards, options, workers)
     elapsed = time.monotonic() - started
+    total = sum(split_stats.considered for split_stats in stats.values())
 
     summary = {
         "format_version": 1,
@@ -374,9 +437,12 @@ def list_labels() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset-dir", type=Path,
-        help=f"the extracted dataset: {ade20k.DATASET_DIR}/ or the folder that holds it",
-    )  # fmt: skip
+        "--dataset-dir",
+        help=f"the download stage's output folder ({ade20k.ARCHIVE_NAME} and "
+        f"{ade20k.MANIFEST_NAME}), the zip itself, a gs:// URI of either, or an extracted "
+        f"{ade20k.DATASET_DIR}/ or the folder that holds it; a zip is read in place, after a "
+        "copy to SCRATCH_DIR when it is in Cloud Storage or on a FUSE mount (Vertex AI's /gcs/)",
+    )
     parser.add_argument("--output-dir", type=Path, help="where the shards and stats go")
     parser.add_argument(
         "--whitelist",
@@ -407,6 +473,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the shuffle into shards (default 0)"
     )
     parser.add_argument(
+        "--scratch-dir", type=Path,
+        help="local folder for that copy of the zip, removed when done (default: the system's "
+        "temporary folder)",
+    )  # fmt: skip
+    parser.add_argument(
         "--list-labels", action="store_true",
         help="print the 150 ADE20K classes (idx<TAB>name) and exit",
     )  # fmt: skip
@@ -427,5 +498,6 @@ def run(args: argparse.Namespace) -> int:
         val_shards=args.val_shards,
         workers=args.workers,
         seed=args.seed,
+        scratch_dir=args.scratch_dir,
     )
     return 0

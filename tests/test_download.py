@@ -1,4 +1,7 @@
-"""Download stage against a real loopback HTTP server, the GCS emulator and local files."""
+"""Download stage against a real loopback HTTP server, the GCS emulator and local files.
+
+Its output is the verified zip, never extracted, and manifest.json.
+"""
 
 import json
 import logging
@@ -46,35 +49,27 @@ def fetch(server: FileServer, out: Path, dataset_zip, **options) -> Path:
     return download.download_dataset(server.url + ZIP_PATH, out, sha1, size, **options)
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def assert_complete(out: Path, dataset_zip) -> dict:
-    """The extracted tree equals the generated one and the manifest describes it."""
-    assert tree(out / ade20k.DATASET_DIR) == tree(dataset_zip[0])
+    """The output is the zip itself, not extracted, and a manifest that describes it."""
+    assert sorted(path.name for path in out.iterdir()) == [ARCHIVE, "manifest.json"]
+    assert (out / ARCHIVE).read_bytes() == dataset_zip[2]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["archive"] == ARCHIVE
     assert manifest["sha1"] == dataset_zip[3] and manifest["sha1_verified"] is True
     assert manifest["size"] == len(dataset_zip[2])
     assert manifest["counts"] == COUNTS
     assert manifest["created"].endswith("+00:00")
-    assert sorted(path.name for path in out.iterdir()) == [ade20k.DATASET_DIR, "manifest.json"]
     return manifest
 
 
-def assert_nothing_extracted(out: Path) -> None:
-    assert not (out / ade20k.DATASET_DIR).exists()
+def assert_nothing_written(out: Path) -> None:
+    assert not (out / ARCHIVE).exists()
     assert not (out / "manifest.json").exists()
-    assert not list(out.glob(".*extracting*"))
 
 
 def test_full_download(server, dataset_zip, tmp_path):
-    dataset = fetch(server, tmp_path / "out", dataset_zip)
-    assert dataset == tmp_path / "out" / ade20k.DATASET_DIR
+    archive = fetch(server, tmp_path / "out", dataset_zip)
+    assert archive == tmp_path / "out" / ARCHIVE
     manifest = assert_complete(tmp_path / "out", dataset_zip)
     assert manifest["source"] == server.url + ZIP_PATH
     assert [(seen.range, seen.status) for seen in server.behaviour.seen] == [(None, 200)]
@@ -99,13 +94,37 @@ def test_a_killed_run_is_continued_by_the_next(server, dataset_zip, tmp_path):
         fetch(server, out, dataset_zip, retries=0)
     partial = out / f"{ARCHIVE}.partial"
     assert partial.read_bytes() == dataset_zip[2][:cut]
-    assert_nothing_extracted(out)
+    assert_nothing_written(out)
 
     fetch(server, out, dataset_zip)
     assert [(seen.range, seen.status) for seen in server.behaviour.seen[1:]] == [
         (f"bytes={cut}-", 206)
     ]
     assert_complete(out, dataset_zip)
+
+
+def test_archive_dir_keeps_the_partial_download_out_of_the_output(server, dataset_zip, tmp_path):
+    """As on Vertex AI, where the output is a bucket mount: only the verified zip is copied in."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    cut = len(dataset_zip[2]) // 3
+    server.behaviour.cut_after = [cut]
+    with pytest.raises(StageError, match="run again to resume"):
+        fetch(server, out, dataset_zip, retries=0, archive_dir=scratch)
+    assert [path.name for path in scratch.iterdir()] == [f"{ARCHIVE}.partial"]
+    assert list(out.iterdir()) == []
+
+    fetch(server, out, dataset_zip, archive_dir=scratch)
+    assert server.behaviour.seen[-1].range == f"bytes={cut}-"
+    assert_complete(out, dataset_zip)
+    assert list(scratch.iterdir()) == []  # the copy in the output is the only one
+
+
+def test_on_a_fuse_mount_the_default_archive_dir_is_a_local_temporary_folder(tmp_path):
+    with download.archive_folder(None, tmp_path) as folder:
+        assert folder == tmp_path
+    with download.archive_folder(None, Path("/gcs/bucket/pipeline-root/dataset")) as folder:
+        assert folder.is_dir() and not ade20k.on_fuse_mount(folder)
+    assert not folder.exists()
 
 
 def test_server_that_ignores_range_means_starting_over(server, dataset_zip, tmp_path):
@@ -132,7 +151,7 @@ def test_gives_up_after_bounded_retries(server, dataset_zip, tmp_path):
     with pytest.raises(StageError, match="failed 3 times in a row, last: HTTP 503"):
         fetch(server, tmp_path / "out", dataset_zip, retries=2)
     assert len(server.behaviour.seen) == 3
-    assert_nothing_extracted(tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_client_errors_are_not_retried(server, dataset_zip, tmp_path):
@@ -141,13 +160,12 @@ def test_client_errors_are_not_retried(server, dataset_zip, tmp_path):
     assert len(server.behaviour.seen) == 1
 
 
-def test_bad_checksum_extracts_nothing_and_deletes_the_download(server, dataset_zip, tmp_path):
+def test_bad_checksum_writes_nothing_and_deletes_the_download(server, dataset_zip, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(
         StageError, match=f"SHA-1 .* is {dataset_zip[3]}, expected 0{{40}}.*deleted"
     ):
         fetch(server, out, dataset_zip, sha1="0" * 40)
-    assert_nothing_extracted(out)
     assert list(out.iterdir()) == []
 
 
@@ -156,13 +174,20 @@ def test_wrong_size_fails_before_the_body_is_read(server, dataset_zip, tmp_path)
     with pytest.raises(StageError, match=f"is {size - 1} bytes, expected {size}"):
         fetch(server, tmp_path / "out", dataset_zip, size=size)
     assert len(server.behaviour.seen) == 1
-    assert_nothing_extracted(tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
-def test_malicious_archive_is_refused(dataset_zip, tmp_path, kind):
-    bad_zip, out = tmp_path / "bad.zip", tmp_path / "deep" / "out"
-    outside = tmp_path / "deep" / "evil.txt"
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("parent", "would land outside the target folder"),
+        ("absolute", "has an absolute path"),
+        ("symlink", "is a symbolic link"),
+    ],
+)
+def test_malicious_archive_is_refused(dataset_zip, tmp_path, kind, reason):
+    bad_zip, out = tmp_path / "bad.zip", tmp_path / "out"
+    outside = tmp_path / "evil.txt"
     bad_zip.write_bytes(dataset_zip[2])
     with zipfile.ZipFile(bad_zip, "a") as archive:
         if kind == "parent":
@@ -173,12 +198,17 @@ def test_malicious_archive_is_refused(dataset_zip, tmp_path, kind):
             link = zipfile.ZipInfo(f"{ade20k.DATASET_DIR}/images/link")
             link.external_attr = (stat.S_IFLNK | 0o777) << 16
             archive.writestr(link, str(outside))
-    with pytest.raises(StageError, match="refusing to extract"):
+    with pytest.raises(StageError, match=f"refusing {bad_zip}: member .* {reason}; the file was"):
         download.download_dataset(str(bad_zip), out, None, None)
-    assert not outside.exists()
-    assert sorted(path.name for path in (tmp_path / "deep").iterdir()) == ["out"]
-    assert_nothing_extracted(out)
+    assert_nothing_written(out)
     assert bad_zip.exists()  # a local source is never deleted
+
+
+def test_a_download_that_is_not_a_zip_is_refused_and_deleted(server, tmp_path):
+    server.behaviour.files[ZIP_PATH] = b"<html>mirror moved</html>"
+    with pytest.raises(StageError, match=r"is not a zip archive; deleted the download"):
+        download.download_dataset(server.url + ZIP_PATH, tmp_path / "out", None, None)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_archive_without_the_layout_is_refused(dataset_zip, tmp_path):
@@ -189,7 +219,7 @@ def test_archive_without_the_layout_is_refused(dataset_zip, tmp_path):
                 target.writestr(info, source.read(info))
     with pytest.raises(StageError, match="missing ADEChallengeData2016/images/validation/"):
         download.download_dataset(str(incomplete), tmp_path / "out", None, None)
-    assert_nothing_extracted(tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_second_run_does_no_work(server, dataset_zip, tmp_path, caplog):
@@ -197,18 +227,43 @@ def test_second_run_does_no_work(server, dataset_zip, tmp_path, caplog):
     fetch(server, out, dataset_zip)
     manifest = (out / "manifest.json").read_text()
     with caplog.at_level(logging.INFO, logger="image_segmentation.download"):
-        assert fetch(server, out, dataset_zip) == out / ade20k.DATASET_DIR
+        assert fetch(server, out, dataset_zip) == out / ARCHIVE
     assert "nothing to do" in caplog.text
     assert len(server.behaviour.seen) == 1
     assert (out / "manifest.json").read_text() == manifest
 
 
-def test_a_dataset_this_stage_did_not_make_is_left_alone(server, dataset_zip, tmp_path):
-    foreign = tmp_path / "out" / ade20k.DATASET_DIR / "images"
+@pytest.mark.parametrize(
+    ("manifest", "error"),
+    [
+        ("{not json", "is not readable JSON"),
+        ('{"format_version": 1, "sha1": "SHA1"}', "not a manifest of this stage's format 2"),
+        ('{"format_version": 2, "sha1": "SHA1", "size": 1}', r"is not the 1-byte file"),
+        (f'{{"format_version": 2, "sha1": "{"0" * 40}"}}', "SHA-1 0{40}, not"),
+    ],
+)
+def test_an_output_this_stage_did_not_make_is_left_alone(
+    server, dataset_zip, tmp_path, manifest, error
+):
+    """An old extracted dataset, a broken or foreign manifest: refused, nothing touched."""
+    out = tmp_path / "out"
+    foreign = out / ade20k.DATASET_DIR / "images"
     foreign.mkdir(parents=True)
-    with pytest.raises(StageError, match=r"has no readable manifest\.json; remove"):
-        fetch(server, tmp_path / "out", dataset_zip)
-    assert foreign.is_dir() and server.behaviour.seen == []
+    (out / "manifest.json").write_text(manifest.replace("SHA1", dataset_zip[3]))
+    (out / ARCHIVE).write_bytes(b"someone's data")
+    with pytest.raises(StageError, match=rf"{error}.*; remove .*manifest\.json to download again"):
+        fetch(server, out, dataset_zip)
+    assert server.behaviour.seen == []
+    assert foreign.is_dir() and (out / ARCHIVE).read_bytes() == b"someone's data"
+
+
+def test_a_zip_left_without_manifest_is_replaced(server, dataset_zip, tmp_path):
+    """What a run killed while copying into the output leaves behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ARCHIVE).write_bytes(dataset_zip[2][:100])
+    fetch(server, out, dataset_zip, archive_dir=tmp_path / "scratch")
+    assert_complete(out, dataset_zip)
 
 
 def test_gcs_mirror(gcs_client, dataset_zip, tmp_path):
@@ -219,12 +274,21 @@ def test_gcs_mirror(gcs_client, dataset_zip, tmp_path):
     assert assert_complete(tmp_path / "out", dataset_zip)["source"] == uri
 
 
-def test_local_file(dataset_zip, tmp_path):
+def test_local_file_is_copied_into_the_output(dataset_zip, tmp_path):
     source = tmp_path / "copy.zip"
     source.write_bytes(dataset_zip[2])
     download.download_dataset(str(source), tmp_path / "out", dataset_zip[3], len(dataset_zip[2]))
     assert assert_complete(tmp_path / "out", dataset_zip)["source"] == str(source)
     assert source.read_bytes() == dataset_zip[2]
+    assert not (tmp_path / "out" / ARCHIVE).samefile(source)
+
+
+def test_local_file_already_in_the_output_is_kept_in_place(dataset_zip, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ARCHIVE).write_bytes(dataset_zip[2])
+    download.download_dataset(str(out / ARCHIVE), out, dataset_zip[3], len(dataset_zip[2]))
+    assert_complete(out, dataset_zip)
 
 
 def test_signed_url_secrets_stay_out_of_the_manifest():
@@ -263,12 +327,14 @@ def test_cli(server, dataset_zip, tmp_path):
     bad = cli("--source", url, "--output-dir", str(out), "--sha1", "f" * 40)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith(f"error: SHA-1 of {out / ARCHIVE}")
+    assert list(out.iterdir()) == []
 
     good = cli("--source", url, "--output-dir", str(out), "--sha1", dataset_zip[3].upper())
     assert good.returncode == 0, good.stderr
-    assert good.stdout.strip() == str(out / ade20k.DATASET_DIR)
+    assert good.stdout.strip() == str(out / ARCHIVE)
     assert_complete(out, dataset_zip)
 
     usage = cli("--help")
     assert usage.returncode == 0
-    assert all(option in usage.stdout for option in ("--source", "--sha1", "--size", "--retries"))
+    options = ("--source", "--sha1", "--size", "--archive-dir", "--retries")
+    assert all(option in usage.stdout for option in options)

@@ -1,6 +1,10 @@
-"""The prepare stage on generated data, on three real ADE20K images, and through the CLI."""
+"""The prepare stage on generated data, on three real ADE20K images, and through the CLI.
+
+It reads the download stage's zip in place or an extracted folder, with the same output.
+"""
 
 import collections
+import functools
 import io
 import json
 import logging
@@ -14,7 +18,7 @@ import pytest
 from conftest import ADE_SAMPLE
 from PIL import Image
 
-from image_segmentation import ade20k, cli, labels, prepare, records, synthetic
+from image_segmentation import ade20k, cli, download, labels, prepare, records, synthetic
 from image_segmentation.errors import StageError
 
 SMALL_SIZES = ((96, 128), (128, 96))
@@ -53,6 +57,14 @@ def bad_dataset(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     colour = Image.open(image).convert("RGB")
     colour.save(dataset / "annotations/training/ADE_train_90000009.png")
     return dataset, outcomes
+
+
+@pytest.fixture(scope="module")
+def bad_zip(bad_dataset, tmp_path_factory) -> Path:
+    """bad_dataset zipped as ADE20K ships it."""
+    archive = tmp_path_factory.mktemp("zip") / ade20k.ARCHIVE_NAME
+    synthetic.make_zip(bad_dataset[0], archive)
+    return archive
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +231,7 @@ def test_same_output_for_any_worker_count_and_through_the_cli(bad_dataset, tmp_p
 
 
 def test_shards_are_a_seeded_shuffle_not_contiguous_runs():
-    samples = [ade20k.Sample(f"ADE_train_{i:08d}", Path(), Path()) for i in range(100)]
+    samples = [ade20k.Sample(f"ADE_train_{i:08d}", "training") for i in range(100)]
     shards = prepare.assign_shards(samples, 8, seed=0)
     assert sorted(s.name for shard in shards for s in shard) == [s.name for s in samples]
     assert {len(shard) for shard in shards} == {12, 13}
@@ -230,6 +242,71 @@ def test_shards_are_a_seeded_shuffle_not_contiguous_runs():
         "val-00000-of-00002.tfrecord",
         "val-00001-of-00002.tfrecord",
     ]
+
+
+def test_the_zip_is_read_in_place_with_the_same_output_as_the_extracted_folder(
+    bad_dataset, bad_zip, tmp_path
+):
+    """The download stage's output, its zip alone and the extracted folder: identical shards and
+    stats, with two workers that each read the zip through their own handle."""
+    downloaded = tmp_path / "downloaded"
+    download.download_dataset(str(bad_zip), downloaded, None, None)
+    inputs = {"folder": bad_dataset[0].parent, "zip": bad_zip, "download output": downloaded}
+    outputs = {}
+    for kind, path in inputs.items():
+        prepare.prepare_dataset(
+            path, tmp_path / kind, labels.LIVING_ROOM_WHITELIST, 0.3, train_shards=3, workers=2
+        )
+        outputs[kind] = output_files(tmp_path / kind)
+    assert len(outputs["folder"]) == 2 + 3 + 2
+    assert outputs["zip"] == outputs["folder"]
+    assert outputs["download output"] == outputs["folder"]
+    train = json.loads(outputs["zip"]["stats.json"])["splits"]["train"]
+    expected = collections.Counter(bad_dataset[1].values())
+    assert train["skipped"] == {reason: expected[reason] for reason in prepare.REASONS}
+    assert train["skipped"]["missing_annotation"] == 1
+
+
+def test_an_unfinished_download_or_a_file_that_is_not_a_zip_is_refused(bad_zip, tmp_path):
+    incomplete = tmp_path / "downloaded"
+    incomplete.mkdir()
+    shutil.copy(bad_zip, incomplete)
+    with pytest.raises(StageError, match=r"no manifest\.json: the download stage did not finish"):
+        prepare.prepare_dataset(incomplete, tmp_path / "out")
+    (tmp_path / "notes.txt").write_text("not a zip")
+    with pytest.raises(StageError, match=r"notes\.txt is not a zip archive"):
+        prepare.prepare_dataset(tmp_path / "notes.txt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_in_cloud_storage_is_read_from_a_local_copy(
+    gcs_client, bad_dataset, bad_zip, tmp_path
+):
+    bucket = gcs_client.create_bucket("pipeline-root")
+    bucket.blob(f"run/download/dataset/{ade20k.ARCHIVE_NAME}").upload_from_filename(bad_zip)
+    scratch = tmp_path / "scratch"
+    argv = ["prepare", "--dataset-dir", "gs://pipeline-root/run/download/dataset/"]
+    argv += ["--output-dir", str(tmp_path / "gcs"), "--workers", "1", "--scratch-dir", str(scratch)]
+    assert cli.main(argv) == 0
+    prepare.prepare_dataset(bad_dataset[0], tmp_path / "local", workers=1)
+    assert output_files(tmp_path / "gcs") == output_files(tmp_path / "local")
+    assert list(scratch.iterdir()) == []  # the copy is removed once the shards are written
+
+
+def test_fuse_mounts_are_recognised_by_their_mount_point(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw,relatime 0 0\n"
+        f"gcsfuse {tmp_path}/bucket fuse.gcsfuse rw,nosuid,nodev 0 0\n"
+        f"/dev/vdb {tmp_path}/bucket/local ext4 rw 0 0\n"
+        f"gcsfuse {tmp_path}/my\\040bucket fuse rw 0 0\n"
+    )
+    on_fuse_mount = functools.partial(ade20k.on_fuse_mount, mounts=mounts)
+    assert on_fuse_mount(tmp_path / "bucket" / "dataset" / ade20k.ARCHIVE_NAME)
+    assert on_fuse_mount(tmp_path / "my bucket" / ade20k.ARCHIVE_NAME)
+    assert not on_fuse_mount(tmp_path / "bucket" / "local" / ade20k.ARCHIVE_NAME)
+    assert not on_fuse_mount(tmp_path / "bucketful" / ade20k.ARCHIVE_NAME)
+    assert on_fuse_mount(Path("/gcs/bucket/pipeline-root/dataset"))  # where Vertex AI mounts
 
 
 def test_unknown_whitelist_name_writes_nothing(bad_dataset, tmp_path, capsys):
