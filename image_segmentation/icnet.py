@@ -10,7 +10,8 @@ at S/16 and S/8 give the cascade label guidance used only in training.
 Layer names follow the reference Caffe/TensorFlow implementations (conv1_1_3x3_s2, conv3_1,
 conv5_4_k1, conv_sub4, ...), so weights load by name. Everything here converts to Core ML
 and TFLite: fixed 2x upsamplings are `UpSampling2D(interpolation="bilinear")`, other resizes
-are the small `BilinearResize` layer (never keras `Resizing`, see DESIGN.md section 3).
+are the small `BilinearResize` layer (never keras `Resizing`: after `model.export()` a model
+that holds it runs BatchNorm in training mode, and its outputs are wrong).
 """
 
 import math

@@ -12,7 +12,7 @@ from image_segmentation import icnet
 from image_segmentation.errors import StageError
 
 PAPER_GFLOPS_1024X2048 = 28.3  # ICNet paper, Cityscapes 1024x2048 (19 classes)
-LEGACY_MLMODEL_BYTES = 26.9e6  # fritz's 768x768 alpha-1 Core ML file, FP32 weights (DESIGN.md)
+LEGACY_MLMODEL_BYTES = 26.9e6  # the legacy tool's 768x768 alpha-1 Core ML file, FP32 weights
 
 
 def randomize_batchnorm(model: keras.Model, rng: np.random.Generator) -> None:
