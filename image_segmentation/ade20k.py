@@ -22,7 +22,6 @@ SPLIT_PREFIX = {"training": "ADE_train", "validation": "ADE_val"}
 OFFICIAL_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 OFFICIAL_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
 OFFICIAL_SIZE = 967_382_037
-OFFICIAL_COUNTS = {"training": 20_210, "validation": 2_000}
 LAYOUT_FOLDERS = tuple(f"{kind}/{split}" for kind in ("images", "annotations") for split in SPLITS)
 
 

@@ -244,11 +244,11 @@ def inference_model(training_model: keras.Model) -> keras.Model:
     return keras.Model(training_model.input, output, name="icnet_inference")
 
 
-def count_flops(model: keras.Model) -> int:
-    """Multiply-accumulates (MACs) per image of the model's convolutions and dense layers.
+def count_multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds (MACs) per image of the model's convolutions and dense layers.
 
-    "FLOPs" here means MACs: that is what the ICNet paper's 28.3 GFLOPs at 1024x2048 counts
-    (double it for multiplies and adds counted apart). BatchNorm (folded into the convs on
+    The ICNet paper's "28.3 GFLOPs" at 1024x2048 counts these (double it for multiplies and
+    adds counted apart). BatchNorm (folded into the convs on
     export), activations, pooling, resizing and additions are left out: they are small next
     to the convolutions. Reads static layer shapes; it never runs the model.
     """

@@ -21,12 +21,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import kfp
 from kfp import local
 from kfp.local import docker_task_handler
 
 from components import STAGE_IMAGES, Images
 from pipelines import pipeline, vertex
 
+# The kfp release whose private container starter `exit_status_kept` replaces; another release
+# may have changed it, so the patch refuses to run there rather than guess.
+PATCHED_KFP_VERSION = "2.17.0"
 LOCAL_REGISTRY = "localhost"  # images built here: no pull is attempted for these names
 CPU_TRAINING = {"train": "export"}  # no GPU here: the export image (TensorFlow CPU) trains
 _PASSED_ENV = ("STORAGE_EMULATOR_HOST",)
@@ -55,6 +59,12 @@ def run_container(client, image: str, command: list[str], volumes: dict, **run_a
 @contextlib.contextmanager
 def exit_status_kept() -> Iterator[None]:
     """Let kfp's DockerRunner see each step's real exit status (see the module docstring)."""
+    if kfp.__version__ != PATCHED_KFP_VERSION:
+        raise ValueError(
+            f"pipelines/local.py patches kfp {PATCHED_KFP_VERSION}'s DockerRunner, but kfp "
+            f"{kfp.__version__} is installed: install the locked version (make setup), or "
+            "check that the patch still fits and update PATCHED_KFP_VERSION"
+        )
     original = docker_task_handler.run_docker_container
     docker_task_handler.run_docker_container = run_container
     try:

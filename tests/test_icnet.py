@@ -144,7 +144,7 @@ def test_size_and_flops_match_hand_counts_and_the_paper():
     for alpha in (1.0, 0.25):
         for size in ((768, 768), (1024, 2048)):
             model = icnet.inference_model(icnet.build_icnet(19, size, alpha))
-            params, macs = model.count_params(), icnet.count_flops(model)
+            params, macs = model.count_params(), icnet.count_multiply_adds(model)
             counts[alpha, size] = params, macs
             print(
                 f"ICNet alpha={alpha} {size[0]}x{size[1]} 19 classes: {params:,} parameters, "

@@ -619,3 +619,17 @@ def test_cloud_build_builds_and_pushes_every_image():
         f"for image in {' '.join(sorted(names, key=['light', 'train', 'export'].index))};"
         in (wheels["args"][1])
     )
+
+
+def test_the_local_runner_patch_refuses_another_kfp_release(monkeypatch):
+    import kfp
+
+    from pipelines import local
+
+    with local.exit_status_kept():  # the locked release: patched while the run lasts
+        assert local.docker_task_handler.run_docker_container is local.run_container
+    assert local.docker_task_handler.run_docker_container is not local.run_container
+    monkeypatch.setattr(kfp, "__version__", "2.99.0")
+    with pytest.raises(ValueError, match=r"kfp 2\.99\.0 is installed"), local.exit_status_kept():
+        pass
+    assert local.docker_task_handler.run_docker_container is not local.run_container
