@@ -22,6 +22,8 @@ SPLIT_PREFIX = {"training": "ADE_train", "validation": "ADE_val"}
 OFFICIAL_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 OFFICIAL_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
 OFFICIAL_SIZE = 967_382_037
+# ADE20K's members are JPEG and PNG files of a few MB at most: one that claims more is a zip bomb.
+MAX_MEMBER_BYTES = 100 * 2**20
 LAYOUT_FOLDERS = tuple(f"{kind}/{split}" for kind in ("images", "annotations") for split in SPLITS)
 
 
@@ -135,10 +137,18 @@ class ZipSource(Source):
         return any(name.startswith(prefix) for name in self.archive.namelist())
 
     def read(self, path: str) -> bytes | None:
+        """A member's bytes; one that claims more than MAX_MEMBER_BYTES is refused unread, so
+        a doctored zip cannot fill memory (zipfile never inflates past the declared size)."""
         try:
-            return self.archive.read(f"{DATASET_DIR}/{path}")
+            info = self.archive.getinfo(f"{DATASET_DIR}/{path}")
         except KeyError:
             return None
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise StageError(
+                f"{self.path}: member {info.filename!r} claims {info.file_size} bytes, more "
+                f"than {MAX_MEMBER_BYTES}"
+            )
+        return self.archive.read(info)
 
 
 def locate(path: Path) -> Path:

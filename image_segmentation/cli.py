@@ -32,28 +32,41 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A stage's argument parser whose errors are one line, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(_error(f"{message} (see {self.prog} --help)"))
+
+
+def _error(message: object) -> int:
+    """Tell the user what is wrong in one line on stderr; return the exit status, 2."""
+    print(f"error: {' '.join(str(message).splitlines())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:  # a Kubeflow container step passes `--executor-input '{{$}}'` before the stage
         executor, argv = kfp_executor.split_options(argv)
+        if executor:  # checked now: a bad one must not cost a whole download or training run
+            kfp_executor.check_executor_input(executor)
     except StageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)
+    if executor and not argv:
+        return _error("--executor-input needs a stage after it")
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
-        print(f"error: unknown stage {stage!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return _error(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
     module_name, summary = STAGES[stage]
     # TensorFlow's C++ start-up chatter (CPU features, XLA, MLIR passes) buries the stage's own
     # log; errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(
-        prog=f"python -m image_segmentation {stage}", description=summary
-    )
+    parser = _Parser(prog=f"python -m image_segmentation {stage}", description=summary)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(
@@ -65,5 +78,4 @@ def main(argv: list[str] | None = None) -> int:
             kfp_executor.write_executor_output(executor)
         return status
     except StageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _error(error)

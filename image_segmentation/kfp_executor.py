@@ -6,7 +6,8 @@ the step writes at the path given in its executor input. kfp writes that file fo
 components only, so a stage started with `--executor-input '{{$}}'` writes it here once it has
 succeeded; after a failure nothing is written, so no half-made artifact is passed on. Numeric
 parameter outputs (e.g. the evaluate step's `miou`, which the quality gate tests) go in it
-too, as `parameterValues`, so every runner reads them from the same place.
+too, as `parameterValues`, so every runner reads them from the same place. The executor input
+is checked before the stage starts, so a malformed one costs no work.
 """
 
 import json
@@ -20,6 +21,8 @@ from image_segmentation.errors import StageError
 _MOUNTS = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 _METRICS_TYPE = "system.Metrics"
 _CLASSIFICATION_TYPE = "system.ClassificationMetrics"
+_KINDS = {dict: "JSON object", list: "JSON list", str: "non-empty string"}
+_MISSING = object()  # a field absent from the executor input
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,44 @@ def split_options(argv: list[str]) -> tuple[ExecutorOptions | None, list[str]]:
     except json.JSONDecodeError as error:
         raise StageError(f"--executor-input is not JSON: {error}") from error
     return ExecutorOptions(executor_input, values.get("--metrics-from")), argv
+
+
+def check_executor_input(options: ExecutorOptions) -> None:
+    """Refuse, naming what is missing, an executor input this module could not answer with an
+    executor output, before the stage does any work (a lost download or training run)."""
+    executor_input = options.executor_input
+    if not isinstance(executor_input, dict):
+        raise StageError(f"--executor-input must be a JSON object, got {_short(executor_input)}")
+    outputs = _field(executor_input, "outputs", dict, "outputs")
+    _field(outputs, "outputFile", str, "outputs.outputFile")
+    for name, entry in _field(outputs, "artifacts", dict, "outputs.artifacts", {}).items():
+        where = f"outputs.artifacts.{name}.artifacts"
+        artifacts = _field(entry, "artifacts", list, where)
+        if not artifacts:
+            raise StageError(f"--executor-input: {where} is empty")
+        _field(artifacts[0], "uri", str, f"{where}[0].uri")
+        _field(artifacts[0], "metadata", dict, f"{where}[0].metadata", {})
+        _field(artifacts[0], "type", dict, f"{where}[0].type", {})
+    for name, entry in _field(outputs, "parameters", dict, "outputs.parameters", {}).items():
+        _field(entry, "outputFile", str, f"outputs.parameters.{name}.outputFile")
+    metrics_source(options, output_artifacts(executor_input))
+
+
+def _field(parent: object, key: str, kind: type, where: str, default: object = _MISSING):
+    """`parent[key]`, which must be a `kind` (a non-empty one, for a string); `default` when
+    absent, if one is given. `where` is its path in the executor input, for the error."""
+    value = parent.get(key, default) if isinstance(parent, dict) else _MISSING
+    if value is _MISSING:
+        raise StageError(f"--executor-input has no {where}")
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise StageError(f"--executor-input: {where} must be a {_KINDS[kind]}, got {_short(value)}")
+    return value
+
+
+def _short(value: object) -> str:
+    """A JSON value as it appears in an error: cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def local_path(uri: str) -> Path:

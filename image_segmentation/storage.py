@@ -6,13 +6,15 @@ once complete and checksum-verified by the client.
 """
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
 import re
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import google.auth.exceptions
 import google_crc32c
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
@@ -20,6 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from image_segmentation import files
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ def download_file(
 
     The bytes go to a temporary file beside `dest` that is renamed into place after the
     client has checked them against the object's crc32c/md5, so `dest` is never partial.
+    Call it inside `explained_errors` to turn a missing login into a one-line error.
     """
     bucket_name, name = split_gcs_uri(uri)
     if not name or name.endswith("/"):
@@ -91,42 +95,31 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     client = client or gcs_client()
     blob = client.bucket(bucket_name).blob(name)
-    with tempfile.NamedTemporaryFile(
-        dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
-    ) as part:
-        part_path = Path(part.name)
-        try:
-            blob.download_to_file(part, retry=retry, checksum="auto")
-        except api_exceptions.NotFound as error:
-            part_path.unlink()
-            raise StageError(f"{uri} does not exist") from error
-        except BaseException:
-            part_path.unlink()
-            raise
-    part_path.replace(dest)
+
+    def write(part: Path) -> None:
+        with open(part, "wb") as file:
+            blob.download_to_file(file, retry=retry, checksum="auto")
+
+    try:
+        files.atomic_write(dest, write)
+    except api_exceptions.NotFound as error:
+        raise StageError(f"{uri} does not exist") from error
     log.info("downloaded %s -> %s (%d bytes)", uri, dest, dest.stat().st_size)
     return dest
 
 
-def download_dir(
-    uri_prefix: str, dest: Path, client: storage.Client | None = None, retry: Retry = RETRY
-) -> Path:
-    """Copy every object under `uri_prefix` into `dest`, keeping the paths below the prefix."""
-    bucket_name, prefix = split_gcs_uri(uri_prefix)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    client = client or gcs_client()
-    blobs = [
-        blob
-        for blob in client.list_blobs(bucket_name, prefix=prefix, retry=retry)
-        if not blob.name.endswith("/")  # folder placeholders made by the console
-    ]
-    if not blobs:
-        raise StageError(f"no objects under {uri_prefix}")
-    dest = Path(dest)
-    for blob in blobs:
-        relative = blob.name[len(prefix) :]
-        if ".." in relative.split("/"):
-            raise StageError(f"refusing object name that leaves the folder: {blob.name!r}")
-        download_file(f"gs://{bucket_name}/{blob.name}", dest / relative, client, retry)
-    return dest
+@contextlib.contextmanager
+def explained_errors(uri: str) -> Iterator[None]:
+    """Cloud Storage failures inside the block as one-line errors; a missing login says how to
+    log in, since that is the usual first-run mistake."""
+    try:
+        yield
+    except google.auth.exceptions.GoogleAuthError as error:
+        raise StageError(
+            f"cannot use {uri}: no usable Google Cloud credentials ({type(error).__name__}); "
+            "log in with `gcloud auth application-default login`, set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or run on Vertex AI "
+            "with a service account"
+        ) from None
+    except api_exceptions.GoogleAPICallError as error:
+        raise StageError(f"cannot use {uri}: {error}") from None

@@ -2,11 +2,14 @@
 
 It serves byte strings by path, honours `Range: bytes=START-[END]` (206 / 416), records
 every request, and can be told to fail the next requests: answer an error status, cut the
-connection part-way through the body, or ignore Range and send the whole file with 200.
+connection part-way through the body, trickle the body a byte at a time, or ignore Range and
+send the whole file with 200. It can also leave out Content-Length (the body then ends when the
+connection closes), as servers that generate a file on the fly do.
 """
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,7 +28,9 @@ class Behaviour:
     files: dict[str, bytes] = field(default_factory=dict)
     fail_statuses: list[int] = field(default_factory=list)  # popped, one per request
     cut_after: list[int] = field(default_factory=list)  # body bytes sent before a cut, popped
+    trickle: list[float] = field(default_factory=list)  # seconds between body bytes, popped
     ignore_range: bool = False
+    hide_length: bool = False
     seen: list[Seen] = field(default_factory=list)
 
 
@@ -64,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server._lock:
             fail = behaviour.fail_statuses.pop(0) if behaviour.fail_statuses else None
             cut = behaviour.cut_after.pop(0) if behaviour.cut_after else None
+            trickle = behaviour.trickle.pop(0) if behaviour.trickle else None
         data = behaviour.files.get(self.path)
         if fail is not None or data is None:
             status = fail or 404
@@ -87,7 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
         behaviour.seen.append(Seen(self.path, range_header, status))
         self.send_response(status)
-        self.send_header("Content-Length", str(end - start))
+        if not behaviour.hide_length:
+            self.send_header("Content-Length", str(end - start))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         self.send_header("Accept-Ranges", "bytes")
@@ -98,4 +105,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True  # the client sees the body end early
             return
+        if trickle is not None:
+            self._trickle(body, trickle)
+            return
         self.wfile.write(body)
+
+    def _trickle(self, body: bytes, delay: float) -> None:
+        """Send one byte every `delay` seconds until done or the client hangs up."""
+        try:
+            for index in range(len(body)):
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+                time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True

@@ -1,12 +1,14 @@
-"""The pieces every stage shares: class list, whitelist parsing, TFRecord format, CLI."""
+"""The pieces every stage shares: class list, whitelist parsing, TFRecord format, atomic files,
+CLI."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from image_segmentation import labels, records
+from image_segmentation import files, labels, records
 from image_segmentation.errors import StageError
 
 
@@ -75,6 +77,29 @@ def test_records_round_trip_and_detect_corruption(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt"):
         list(records.read_records(path))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomically_written_files_get_the_mode_of_any_new_file(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        files.write_json(tmp_path / "stats.json", {"kept": 3})
+        (tmp_path / "plain.txt").write_text("made with open()")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "stats.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["plain.txt", "stats.json"]
+
+
+def test_a_failed_atomic_write_leaves_nothing(tmp_path):
+    def write(part):
+        part.write_text("half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        files.atomic_write(tmp_path / "stats.json", write)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_lists_stages_and_rejects_unknown_ones():

@@ -35,15 +35,9 @@ def test_client_uses_emulator(gcs_emulator, gcs_client):
     assert client.bucket("via-client").blob("x").download_as_bytes() == b"hello"
 
 
-def test_download_file_and_dir(gcs_client, tmp_path):
+def test_download_file(gcs_client, tmp_path):
     bucket = gcs_client.create_bucket("downloads")
-    contents = {
-        "run/a.txt": b"alpha",
-        "run/sub/b.bin": os.urandom(2048),
-        "run/sub/deeper/c.json": b"{}",
-        "run/": b"",  # a console-made folder placeholder, skipped
-        "other/d.txt": b"not under the prefix",
-    }
+    contents = {"run/a.txt": b"alpha", "run/sub/b.bin": os.urandom(2048)}
     for name, data in contents.items():
         bucket.blob(name).upload_from_string(data)
 
@@ -52,11 +46,6 @@ def test_download_file_and_dir(gcs_client, tmp_path):
     into_folder = storage.download_file("gs://downloads/run/a.txt", tmp_path / "one")
     assert into_folder == tmp_path / "one" / "a.txt"
     assert into_folder.read_bytes() == b"alpha"
-
-    out = storage.download_dir("gs://downloads/run", tmp_path / "all")
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["a.txt", "sub/b.bin", "sub/deeper/c.json"]
-    assert (out / "sub" / "b.bin").read_bytes() == contents["run/sub/b.bin"]
     assert not list(tmp_path.rglob("*.part"))
 
 
@@ -65,7 +54,5 @@ def test_download_missing(gcs_client, tmp_path):
     with pytest.raises(StageError, match="does not exist"):
         storage.download_file("gs://empty-one/nothing.bin", tmp_path / "x.bin")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(StageError, match="no objects"):
-        storage.download_dir("gs://empty-one/prefix/", tmp_path / "dir")
     with pytest.raises(StageError, match="folder"):
         storage.download_file("gs://empty-one/prefix/", tmp_path / "x.bin")
