@@ -8,7 +8,6 @@ weight types, and latency not at all on the values. Reference: the legacy 768x76
 image, batch 1, after one warm-up, with all cores as threads.
 """
 
-import json
 import os
 import statistics
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from image_segmentation import export, icnet, labels, train
+from image_segmentation import export, icnet, labels, model_folder
 
 IMAGE_SIZE = (768, 768)
 ALPHAS = (1.0, 0.25)
@@ -36,22 +35,27 @@ VARIANTS = {
 
 def write_model_dir(directory: Path, alpha: float, class_labels: list[str]) -> dict:
     """A train-stage model directory with random weights; returns the model's size figures."""
-    directory.mkdir(parents=True)
     model = icnet.build_icnet(len(class_labels), IMAGE_SIZE, alpha)
     logits = model.get_layer("conv6_cls_logits")
     logits.kernel.assign(logits.kernel.numpy() * 30)
-    model.save_weights(directory / train.WEIGHTS_FILE)
-    config = {
-        "format_version": train.FORMAT_VERSION,
-        "labels": class_labels,
-        "num_classes": len(class_labels),
-        "image_size": list(IMAGE_SIZE),
-        "alpha": alpha,
-        "normalization": {"scale": 1 / 255, "offset": -0.5},
-    }
-    (directory / train.CONFIG_FILE).write_text(json.dumps(config))
+    model_folder.write_model_dir(
+        directory,
+        write_weights=model.save_weights,
+        config={
+            "labels": class_labels,
+            "num_classes": len(class_labels),
+            "image_size": list(IMAGE_SIZE),
+            "alpha": alpha,
+            "normalization": {"scale": 1 / 255, "offset": -0.5},
+        },
+        history=[],
+        training_metrics={},
+    )
     inference = icnet.inference_model(model)
-    return {"parameters": inference.count_params(), "gmacs": icnet.count_flops(inference) / 1e9}
+    return {
+        "parameters": inference.count_params(),
+        "gmacs": icnet.count_multiply_adds(inference) / 1e9,
+    }
 
 
 def tflite_latency_ms(path: Path, threads: int, runs: int) -> float:

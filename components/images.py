@@ -40,6 +40,7 @@ DOWNLOAD_SOURCES = (
     "image_segmentation/__main__.py",
     "image_segmentation/ade20k.py",
     "image_segmentation/cli.py",
+    "image_segmentation/cluster.py",
     "image_segmentation/download.py",
     "image_segmentation/errors.py",
     "image_segmentation/files.py",

@@ -38,7 +38,8 @@ def stage_command(stage: str, *options: str) -> list[str]:
 def download_component(images: Images):
     @dsl.container_component
     def download(source: str, sha1: str, dataset: Output[Dataset]):
-        """Download ADE20K (http(s), gs:// or a path), verify its SHA-1 and extract it."""
+        """Download ADE20K's zip (http(s), gs:// or a path) and verify its SHA-1: the zip,
+        with its manifest, is the dataset."""
         return dsl.ContainerSpec(
             image=images.for_stage("download"),
             command=stage_command("download"),
@@ -96,7 +97,7 @@ def train_component(images: Images):
         """Train ICNet on the prepared shards; the model folder holds config.json and weights."""
         return dsl.ContainerSpec(
             image=images.for_stage("train"),
-            command=stage_command("train", "--metrics-from", "model/metrics.json"),
+            command=stage_command("train", "--metrics-from", "model/training_metrics.json"),
             args=[
                 "--data-dir", data.path,
                 "--output-dir", model.path,

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from image_segmentation import kfp_executor
+from image_segmentation import cluster, kfp_executor
 from image_segmentation.errors import StageError
 
 STAGES = {
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         status = module.run(args) or 0
-        if executor and status == 0:
+        # Every machine of a multi-machine training job runs this command; the chief alone
+        # writes the outputs, so it alone tells Kubeflow about them.
+        if executor and status == 0 and cluster.is_chief(cluster.cluster_config(os.environ)):
             kfp_executor.write_executor_output(executor)
         return status
     except StageError as error:

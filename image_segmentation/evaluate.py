@@ -13,7 +13,6 @@ pixels whose ground truth is class 0 ("none"), the ADE20K benchmark convention.
 """
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -23,7 +22,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from image_segmentation import dataset, files, icnet, labels, metrics, records, report, train
+from image_segmentation import (
+    dataset,
+    files,
+    inference,
+    labels,
+    metrics,
+    model_folder,
+    records,
+    report,
+    train,
+)
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -35,10 +44,10 @@ LOG_EVERY_SECONDS = 30.0
 KFP_SCALARS = ("miou", "pixel_accuracy", "miou_all_classes", "pixel_accuracy_all_classes")
 
 
-def check_inputs(model_dir: Path, data_dir: Path) -> tuple[list[str], list[Path]]:
-    """The data dir's labels and val shards; a missing input is a clear error."""
-    if not Path(model_dir).is_dir():
-        raise StageError(f"model dir {model_dir} does not exist")
+def check_inputs(model_dir: Path, data_dir: Path) -> tuple[dict, list[str], list[Path]]:
+    """The model's config, the data dir's labels and val shards; a missing or incomplete
+    input is a clear error, before the model is built."""
+    config = model_folder.require_complete(model_dir)
     if not Path(data_dir).is_dir():
         raise StageError(f"data dir {data_dir} does not exist")
     labels_file = Path(data_dir) / train.LABELS_FILE
@@ -49,7 +58,7 @@ def check_inputs(model_dir: Path, data_dir: Path) -> tuple[list[str], list[Path]
     shards = dataset.list_shards(data_dir, "val")
     if not shards:
         raise StageError(f"{data_dir} has no validation shards (val-NNNNN-of-NNNNN.tfrecord)")
-    return labels.read_labels_file(labels_file), shards
+    return config, labels.read_labels_file(labels_file), shards
 
 
 def check_labels(model_labels: list[str], data_labels: list[str]) -> None:
@@ -185,20 +194,6 @@ def kfp_confusion_matrix(confusion: np.ndarray, class_labels: list[str]) -> dict
     }
 
 
-def read_history(model_dir: Path) -> list[dict]:
-    """The per-epoch entries of the model dir's history.json; none when it is missing."""
-    path = Path(model_dir) / train.HISTORY_FILE
-    if not path.is_file():
-        return []
-    try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise StageError(f"{path} is not JSON: {error}") from error
-    if not isinstance(history, list):
-        raise StageError(f"{path}: expected a list of per-epoch entries")
-    return [entry for entry in history if isinstance(entry, dict)]
-
-
 def evaluate(
     model_dir: Path,
     data_dir: Path,
@@ -215,14 +210,9 @@ def evaluate(
         raise StageError(f"--max-images must be >= 1, got {max_images}")
     if report_images < 0:
         raise StageError(f"--report-images must be >= 0, got {report_images}")
-    data_labels, shards = check_inputs(model_dir, data_dir)
-    training_model, config = train.load_model(model_dir)
-    if len(config["labels"]) != config["num_classes"]:
-        raise StageError(
-            f"{model_dir}/{train.CONFIG_FILE} lists {len(config['labels'])} labels for "
-            f"{config['num_classes']} classes"
-        )
-    check_labels(list(config["labels"]), data_labels)
+    config, data_labels, shards = check_inputs(model_dir, data_dir)
+    check_labels(config["labels"], data_labels)
+    model, _ = inference.load_inference_model(model_dir)
     image_size = tuple(config["image_size"])
     total = dataset.count_records(shards)
     if max_images:
@@ -239,7 +229,7 @@ def evaluate(
         max_images,
     )
     confusion, examples, seen = evaluate_model(
-        icnet.inference_model(training_model), batches, len(data_labels), total, report_images
+        model, batches, len(data_labels), total, report_images
     )
     if not seen:
         raise StageError(f"{data_dir}: the validation shards hold no records")
@@ -271,7 +261,9 @@ def evaluate(
         "images scored": f"{seen} (model input {'x'.join(map(str, image_size))}, scored at "
         "the annotations' own resolution)",
     }
-    page = report.render(summary, data_labels, examples, read_history(model_dir), details)
+    page = report.render(
+        summary, data_labels, examples, model_folder.read_history(model_dir), details
+    )
     (output_dir / REPORT_FILE).write_text(page)
     if report_html:
         report_html = Path(report_html)

@@ -30,7 +30,7 @@ class ExecutorOptions:
     """The global options `--executor-input JSON [--metrics-from OUTPUT/FILE]`."""
 
     executor_input: dict
-    metrics_from: str | None = None  # e.g. "model/metrics.json": a file inside an output
+    metrics_from: str | None = None  # e.g. "model/training_metrics.json": a file in an output
 
 
 def split_options(argv: list[str]) -> tuple[ExecutorOptions | None, list[str]]:

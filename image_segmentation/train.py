@@ -13,8 +13,16 @@ model predicts) like the others, unless --ignore-class-zero, which leaves "none"
 both the loss and the metrics; the "_ignore_none" pair always follows the ADE20K benchmark
 (class-0 pixels not scored).
 
-Validation is required: a run without val shards is refused, since its metrics.json, the
-number the pipeline gates on, would be empty.
+Validation is required: a run without val shards is refused, since training_metrics.json, the
+scores the train step reports, would be empty.
+
+Batch and learning rate: --batch-size is the batch of one replica (one GPU, or one CPU
+machine) and --learning-rate the rate for that batch. The run trains on all GPUs of all
+machines (`cluster.py`, `distribute.py`): the global batch is batch size x replicas, the
+learning rate is scaled linearly with the replicas, and an epoch is by default one pass over
+the training records at the global batch. On several machines only the chief writes
+checkpoints, scalars and the model dir; every machine resumes from the chief's checkpoints in
+the shared output dir.
 """
 
 import argparse
@@ -35,16 +43,22 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import summary_pb2
 
-from image_segmentation import dataset, files, icnet, labels, metrics, records, storage
+from image_segmentation import (
+    cluster,
+    dataset,
+    distribute,
+    files,
+    icnet,
+    labels,
+    metrics,
+    model_folder,
+    records,
+    storage,
+)
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-HISTORY_FILE = "history.json"
-METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.txt"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -62,8 +76,8 @@ class TrainSettings:
     alpha: float = 0.25
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the training records
-    batch_size: int = 8  # global: split across GPUs when several are used
-    learning_rate: float = 1e-3
+    batch_size: int = 8  # per replica (see `scaling`)
+    learning_rate: float = 1e-3  # for one replica's batch
     optimizer: str = "adam"
     schedule: str = "poly"
     loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.16)
@@ -72,6 +86,25 @@ class TrainSettings:
     mixed_precision: str = "auto"
     seed: int = 0
     normalization: dataset.Normalization = field(default_factory=dataset.Normalization)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The run spread over its replicas; recorded in config.json."""
+
+    replicas: int
+    global_batch_size: int
+    learning_rate: float  # the effective initial rate
+    steps_per_epoch: int
+
+
+def scaling(settings: TrainSettings, replicas: int, train_records: int) -> Scaling:
+    """The batch and learning-rate rule: each replica trains on --batch-size samples per step,
+    so a step sees batch size x replicas; the per-replica rate is scaled linearly with the
+    replicas (the linear scaling rule for a batch that many times larger)."""
+    global_batch = settings.batch_size * replicas
+    steps = settings.steps_per_epoch or max(1, train_records // global_batch)
+    return Scaling(replicas, global_batch, settings.learning_rate * replicas, steps)
 
 
 @dataclass(frozen=True)
@@ -349,30 +382,28 @@ def use_mixed_precision(setting: str) -> bool:
     return setting == "on"
 
 
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def learning_rate(settings: TrainSettings, total_steps: int):
-    if settings.schedule == "poly":
+def learning_rate(schedule: str, initial: float, total_steps: int):
+    if schedule == "poly":
         return keras.optimizers.schedules.PolynomialDecay(
-            settings.learning_rate, total_steps, end_learning_rate=0.0, power=0.9
+            initial, total_steps, end_learning_rate=0.0, power=0.9
         )
-    if settings.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(settings.learning_rate, total_steps)
-    return settings.learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(initial, total_steps)
+    return initial
 
 
 def build_model(
-    num_classes: int, settings: TrainSettings, total_steps: int, mixed_precision: bool
+    num_classes: int,
+    settings: TrainSettings,
+    total_steps: int,
+    mixed_precision: bool,
+    replicas: int = 1,
 ) -> keras.Model:
-    """The ICNet training model, compiled with the three-output loss and the optimizer."""
+    """The ICNet training model, compiled with the three-output loss and the optimizer, its
+    learning rate scaled for the replicas as `scaling` says."""
     with dtype_policy("mixed_float16" if mixed_precision else "float32"):
         model = icnet.build_icnet(num_classes, settings.image_size, settings.alpha)
-    rate = learning_rate(settings, total_steps)
+    rate = learning_rate(settings.schedule, settings.learning_rate * replicas, total_steps)
     if settings.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=0.9)
     else:
@@ -404,10 +435,10 @@ def fetch_fine_tune_source(source: str, scratch: Path) -> Path:
     if storage.is_gcs_uri(source):
         if source.endswith(".h5"):
             return storage.download_file(source, scratch / source.rsplit("/", 1)[-1])
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
+        for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):
             storage.download_file(f"{source.rstrip('/')}/{name}", scratch / name)
-        return scratch / WEIGHTS_FILE
-    weights = Path(source) / WEIGHTS_FILE if Path(source).is_dir() else Path(source)
+        return model_folder.weights_path(scratch)
+    weights = model_folder.weights_path(source) if Path(source).is_dir() else Path(source)
     if not weights.is_file():
         raise StageError(f"--fine-tune-from {source}: {weights} does not exist")
     return weights
@@ -419,7 +450,7 @@ def load_fine_tune_weights(model: keras.Model, source: str, settings: TrainSetti
         weights = fetch_fine_tune_source(source, Path(scratch))
         if not weights.name.endswith(".weights.h5"):
             raise StageError(f"--fine-tune-from {source}: expected a .weights.h5 file")
-        config_path = weights.parent / CONFIG_FILE
+        config_path = weights.parent / model_folder.CONFIG_FILE
         if config_path.is_file():
             other = json.loads(config_path.read_text())
             ours = {
@@ -496,28 +527,60 @@ def resume_point(checkpoints: Path, key: dict) -> Path | None:
     return found[-1]
 
 
+def training_data(
+    data: PreparedData,
+    settings: TrainSettings,
+    scale: Scaling,
+    target_sizes: dict[str, tuple[int, int]],
+) -> tf.data.Dataset:
+    """Batches of the global batch size, which Keras splits across the replicas; on several
+    machines each keeps its own part of every batch."""
+    batches = dataset.make_dataset(
+        data.train_shards,
+        settings.image_size,
+        scale.global_batch_size,
+        training=True,
+        normalization=settings.normalization,
+        seed=settings.seed,
+        target_sizes=target_sizes,
+        ignore_class_zero=settings.ignore_class_zero,
+    )
+    return distribute.shard_by_data(batches)
+
+
 def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
-    """Train (or resume), write the model directory, return the final metrics."""
+    """Train (or resume), write the model directory, return the final metrics.
+
+    On several machines every one trains, and only the chief writes and returns the metrics
+    (the others return {}).
+    """
     check_settings(settings)
+    tf_config = cluster.cluster_config(os.environ)
+    strategy = distribute.make_strategy(tf_config)  # first: it may set up TensorFlow's devices
+    chief = cluster.is_chief(tf_config)
     data = inspect_data(data_dir)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     mixed = use_mixed_precision(settings.mixed_precision)
     key = run_key(data, settings, mixed)
     checkpoints = output_dir / CHECKPOINT_DIR
-    resume_from = resume_point(checkpoints, key)
-    steps = settings.steps_per_epoch or max(1, data.train_records // settings.batch_size)
-    keras.utils.set_random_seed(settings.seed)
-    strategy = distribution_strategy()
+    resume_from = resume_point(checkpoints, key)  # every machine resumes from the chief's
+    scale = scaling(settings, strategy.num_replicas_in_sync, data.train_records)
+    keras.utils.set_random_seed(settings.seed)  # the same everywhere: see shard_by_data
     log.info(
-        "training on %d records, validating on %d; %d classes, %s, alpha %s, batch %d, "
-        "%d steps x %d epochs, mixed precision %s, %d replica(s)",
+        "training on %d records, validating on %d; %d classes, %s, alpha %s, "
+        "%d steps x %d epochs, mixed precision %s",
         data.train_records, data.val_records, len(data.labels),
-        "x".join(map(str, settings.image_size)), settings.alpha, settings.batch_size,
-        steps, settings.epochs, "on" if mixed else "off", strategy.num_replicas_in_sync,
+        "x".join(map(str, settings.image_size)), settings.alpha,
+        scale.steps_per_epoch, settings.epochs, "on" if mixed else "off",
+    )  # fmt: skip
+    log.info(
+        "%s: %d replica(s) x batch %d = global batch %d, learning rate %g (%g per replica)",
+        cluster.task_name(tf_config), scale.replicas, settings.batch_size,
+        scale.global_batch_size, scale.learning_rate, settings.learning_rate,
     )  # fmt: skip
     with strategy.scope():
-        model = build_model(len(data.labels), settings, steps * settings.epochs, mixed)
+        total_steps = scale.steps_per_epoch * settings.epochs
+        model = build_model(len(data.labels), settings, total_steps, mixed, scale.replicas)
         history: list[dict] = []
         if resume_from:
             history = restore_checkpoint(resume_from, model)["history"]
@@ -526,43 +589,43 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
                 log.info("not loading --fine-tune-from again: the checkpoint supersedes it")
         elif settings.fine_tune_from:
             load_fine_tune_weights(model, settings.fine_tune_from, settings)
-    train_data = dataset.make_dataset(
-        data.train_shards,
-        settings.image_size,
-        settings.batch_size,
-        training=True,
-        normalization=settings.normalization,
-        seed=settings.seed,
-        target_sizes=output_sizes(model),
-        ignore_class_zero=settings.ignore_class_zero,
-    )
-    val_data = dataset.make_dataset(
-        data.val_shards,
-        settings.image_size,
-        settings.batch_size,
-        training=False,
-        normalization=settings.normalization,
-    )
-    validation = Validation(val_data, data.labels, settings.ignore_class_zero)
+    train_data = training_data(data, settings, scale, output_sizes(model))
+    # Only the chief validates and writes. Saving reads variables without any collective
+    # operation (none is synchronized on read: Keras makes only metric variables so, and
+    # neither the checkpoint nor the weights file holds metrics), so the others need not join.
+    callbacks = []
+    if chief:
+        val_data = dataset.make_dataset(
+            data.val_shards,
+            settings.image_size,
+            settings.batch_size,
+            training=False,
+            normalization=settings.normalization,
+        )
+        validation = Validation(val_data, data.labels, settings.ignore_class_zero)
+        callbacks = [
+            validation,
+            LearningRate(),
+            Scalars(tensorboard_dir(output_dir)),
+            EpochCheckpoint(checkpoints, history, key),  # last: it commits the epoch
+        ]
     if len(history) < settings.epochs:
         model.fit(
             train_data,
             epochs=settings.epochs,
             initial_epoch=len(history),
-            steps_per_epoch=steps,
-            callbacks=[
-                validation,
-                LearningRate(),
-                Scalars(tensorboard_dir(output_dir)),
-                EpochCheckpoint(checkpoints, history, key),  # last: it commits the epoch
-            ],
+            steps_per_epoch=scale.steps_per_epoch,
+            callbacks=callbacks,
             shuffle=False,  # the dataset shuffles itself (Keras cannot shuffle a tf.data one)
             verbose=2,
         )
+    if not chief:
+        log.info("done: the chief writes the model dir %s", output_dir)
+        return {}
     final = {f"val_{name}": value for name, value in validation.evaluate_once(model).items()}
     final["epochs"] = len(history)
     final["final_loss"] = history[-1].get("loss") if history else None
-    write_model_dir(output_dir, model, data, settings, history, final, steps, mixed, strategy)
+    write_model_dir(output_dir, model, data, settings, history, final, scale, mixed)
     log.info(
         "done: val pixel accuracy %s, val mean IoU %s -> %s",
         final["val_pixel_accuracy"],
@@ -579,54 +642,36 @@ def write_model_dir(
     settings: TrainSettings,
     history: list[dict],
     scores: dict,
-    steps: int,
+    scale: Scaling,
     mixed_precision: bool,
-    strategy: tf.distribute.Strategy,
 ) -> None:
-    """config.json, model.weights.h5, history.json, metrics.json; config.json last."""
+    """The model folder (model_folder.py): weights, history, scores, and config.json last."""
     training = asdict(settings)
     del training["image_size"], training["alpha"], training["normalization"]
     training |= {
-        "steps_per_epoch": steps,
+        "steps_per_epoch": scale.steps_per_epoch,
         "mixed_precision": "on" if mixed_precision else "off",
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": scale.replicas,
+        "global_batch_size": scale.global_batch_size,
+        "effective_learning_rate": scale.learning_rate,
         "train_records": data.train_records,
         "val_records": data.val_records,
     }
-    config = {
-        "format_version": FORMAT_VERSION,
-        "labels": data.labels,
-        "num_classes": len(data.labels),
-        "image_size": list(settings.image_size),
-        "alpha": settings.alpha,
-        "normalization": asdict(settings.normalization),
-        "main_output": MAIN_OUTPUT,
-        "training": training,
-    }
-    weights = output_dir / WEIGHTS_FILE
-    # Keras insists on the .weights.h5 ending, so the temporary name keeps it.
-    partial = output_dir / f".partial.{WEIGHTS_FILE}"
-    model.save_weights(partial)
-    partial.replace(weights)
-    files.write_json(output_dir / HISTORY_FILE, history)
-    files.write_json(output_dir / METRICS_FILE, scores)
-    files.write_json(output_dir / CONFIG_FILE, config)
-
-
-def load_model(model_dir: Path) -> tuple[keras.Model, dict]:
-    """The training model of a model dir with its weights loaded, and its config."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise StageError(f"{model_dir} is not a model directory (no {CONFIG_FILE})")
-    config = json.loads(config_path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise StageError(
-            f"{config_path}: unsupported format_version {config.get('format_version')}"
-        )
-    model = icnet.build_icnet(config["num_classes"], tuple(config["image_size"]), config["alpha"])
-    model.load_weights(model_dir / WEIGHTS_FILE)
-    return model, config
+    model_folder.write_model_dir(
+        output_dir,
+        write_weights=model.save_weights,
+        config={
+            "labels": data.labels,
+            "num_classes": len(data.labels),
+            "image_size": list(settings.image_size),
+            "alpha": settings.alpha,
+            "normalization": asdict(settings.normalization),
+            "main_output": MAIN_OUTPUT,
+            "training": training,
+        },
+        history=history,
+        training_metrics=scores,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -651,19 +696,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps-per-epoch",
         type=int,
         default=None,
-        help="default: one pass over the training records",
+        help="default: one pass over the training records at the global batch",
     )
     add(
         "--batch-size",
         type=int,
         default=defaults.batch_size,
-        help="global batch size, split across GPUs (default %(default)s)",
+        help="batch per replica (GPU): each step trains on this x all GPUs of all machines "
+        "(default %(default)s)",
     )
     add(
         "--learning-rate",
         type=float,
         default=defaults.learning_rate,
-        help="initial rate (default %(default)s)",
+        help="initial rate for one replica's batch, multiplied by the number of replicas "
+        "(default %(default)s)",
     )
     add(
         "--optimizer",

@@ -1,9 +1,11 @@
 """Upload stage: publish an export directory as one immutable model version in Cloud Storage.
 
-Layout: `gs://BUCKET/PREFIX/MODEL/VERSION/` holds the export directory's files (an
-`.mlpackage` is a folder: relative paths are kept) and a `manifest.json`, written last, that
-lists every file with its size and checksums plus the labels, metrics and source run. A
-version with a manifest is complete and verified; one without is an interrupted upload.
+Layout: `gs://BUCKET/PREFIX/MODEL/VERSION/` holds the export folder's files, those its record
+lists and the record itself (an `.mlpackage` is a folder: relative paths are kept), and a
+`manifest.json`, written last, that lists every file with its size and checksums plus the
+labels, metrics and source run. A version with a manifest is complete and verified; one
+without is an interrupted upload. An export folder that is not complete is refused before
+anything is uploaded.
 
 Every write carries a generation precondition (0 = "must not exist", or the generation being
 replaced), so nothing is overwritten silently, and retrying a write after a transient error is
@@ -26,7 +28,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
-from image_segmentation import storage
+from image_segmentation import export_folder, model_folder, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir",
         type=Path,
-        help="trained model folder (config.json, metrics.json) for the manifest's labels and "
-        "metrics; default: export.json in the export dir",
+        help="trained model folder, for the manifest's labels, config and training metrics; "
+        "default: the export's own record of them",
     )
     parser.add_argument(
         "--source-run",
@@ -63,15 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = upload_model(
-        args.export_dir,
-        args.destination,
-        args.model_name,
-        args.version,
-        model_dir=args.model_dir,
-        source_run=args.source_run or default_source_run(),
-        replace=args.replace,
-    )
+    with storage.explained_errors(args.destination):
+        result = upload_model(
+            args.export_dir,
+            args.destination,
+            args.model_name,
+            args.version,
+            model_dir=args.model_dir,
+            source_run=args.source_run or default_source_run(),
+            replace=args.replace,
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if args.output_uris:
@@ -97,51 +100,18 @@ def version_prefix(destination: str, model_name: str, version: str) -> tuple[str
     return bucket, "/".join([*parts, model_name, version]) + "/"
 
 
-def collect_files(export_dir: Path) -> dict[str, Path]:
-    """Every file below `export_dir` by its POSIX path relative to it, sorted."""
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise StageError(f"export dir {export_dir} does not exist or is not a folder")
-    files = {
-        path.relative_to(export_dir).as_posix(): path
-        for path in sorted(export_dir.rglob("*"))
-        if path.is_file()
-    }
-    if not files:
-        raise StageError(f"export dir {export_dir} holds no files")
-    if MANIFEST in files:
-        raise StageError(f"export dir {export_dir} already holds a {MANIFEST}; it is written here")
-    return files
-
-
 def model_info(export_dir: Path, model_dir: Path | None) -> dict:
-    """Labels, model config and metrics for the manifest.
-
-    From the model dir's config.json and metrics.json when given, else from the export dir's
-    export.json (keys "labels", "config", "metrics"), else empty with a warning.
-    """
-    if model_dir is not None:
-        config = _read_json(Path(model_dir) / "config.json", required=True)
-        metrics = _read_json(Path(model_dir) / "metrics.json", required=False)
-        labels = config.get("labels")
-        config = {key: value for key, value in config.items() if key != "labels"}
-        return {"labels": labels, "config": config, "metrics": metrics}
-    exported = _read_json(Path(export_dir) / "export.json", required=False)
-    if exported is None:
-        log.warning("no --model-dir and no export.json: the manifest has no labels or metrics")
-        exported = {}
-    return {key: exported.get(key) for key in ("labels", "config", "metrics")}
-
-
-def _read_json(path: Path, required: bool) -> dict | None:
-    if not path.is_file():
-        if required:
-            raise StageError(f"{path} does not exist")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise StageError(f"{path} is not valid JSON: {error}") from error
+    """Labels, model config and training metrics for the manifest: from the model folder when
+    given, else from the export's record, which holds them too."""
+    if model_dir is None:
+        exported = export_folder.require_complete(export_dir)
+        return {key: exported.get(key) for key in ("labels", "config", "metrics")}
+    config = model_folder.require_complete(model_dir)
+    return {
+        "labels": config["labels"],
+        "config": {key: value for key, value in config.items() if key != "labels"},
+        "metrics": model_folder.read_training_metrics(model_dir),
+    }
 
 
 def same_content(blob: gcs.Blob, checksums: dict[str, str], size: int) -> bool:
@@ -234,7 +204,7 @@ def upload_model(
     """
     bucket_name, prefix = version_prefix(destination, model_name, version)
     uri = f"gs://{bucket_name}/{prefix}"
-    files = collect_files(export_dir)
+    files = export_folder.files_to_publish(export_dir)
     info = model_info(export_dir, model_dir)
     client = client or storage.gcs_client()
     bucket = client.bucket(bucket_name)

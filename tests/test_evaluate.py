@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_segmentation import cli, dataset, evaluate, icnet, labels, metrics, records, report
+from image_segmentation import (
+    cli,
+    dataset,
+    evaluate,
+    icnet,
+    labels,
+    metrics,
+    model_folder,
+    records,
+    report,
+)
 from image_segmentation.errors import StageError
 
 LABELS = ["none", "red thing", "green thing"]
@@ -82,17 +92,20 @@ def model_dir(tmp_path_factory):
     classifier = model.get_layer("conv6_cls_logits")
     kernel, bias = classifier.get_weights()
     classifier.set_weights([np.zeros_like(kernel), np.array([0.0, 2.0, 0.0], bias.dtype)])
-    model.save_weights(path / "model.weights.h5")
     config = {
-        "format_version": 1,
         "labels": LABELS,
         "num_classes": len(LABELS),
         "image_size": list(MODEL_SIZE),
         "alpha": 0.125,
         "normalization": {"scale": 1 / 255, "offset": -0.5},
     }
-    (path / "config.json").write_text(json.dumps(config))
-    (path / "history.json").write_text(json.dumps(HISTORY))
+    model_folder.write_model_dir(
+        path,
+        write_weights=model.save_weights,
+        config=config,
+        history=HISTORY,
+        training_metrics={"val_mean_iou": 0.35},
+    )
     return path
 
 
@@ -175,6 +188,8 @@ def test_labels_of_model_and_data_must_agree(tmp_path, model_dir, masks):
 def test_missing_inputs_are_clear_errors(tmp_path, data_dir, model_dir):
     with pytest.raises(StageError, match=r"model dir .* does not exist"):
         evaluate.evaluate(tmp_path / "nope", data_dir, tmp_path / "out")
+    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+        evaluate.evaluate(data_dir, data_dir, tmp_path / "out")  # not a model folder
     with pytest.raises(StageError, match=r"data dir .* does not exist"):
         evaluate.evaluate(model_dir, tmp_path / "nope", tmp_path / "out")
     empty = tmp_path / "empty"

@@ -17,7 +17,19 @@ import pytest
 from conftest import ADE_SAMPLE
 from PIL import Image
 
-from image_segmentation import cli, dataset, export, icnet, records, train, upload
+from image_segmentation import (
+    cli,
+    coreml_spec,
+    dataset,
+    export,
+    export_folder,
+    icnet,
+    inference,
+    model_folder,
+    records,
+    tflite,
+    upload,
+)
 from image_segmentation.errors import StageError
 
 SIZE = (128, 128)
@@ -28,21 +40,18 @@ METRICS = {"val_pixel_accuracy": 0.5, "val_mean_iou": 0.25}
 
 
 def write_model_dir(directory: Path, normalization: dict, alpha: float = 0.25) -> Path:
-    """A model directory as the train stage writes it (config.json, weights, metrics), with
-    random weights whose classifier is rescaled and centred so that, as in a trained model,
-    the probabilities are peaked and every class wins some pixels."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """A model directory as the train stage writes it, with random weights whose classifier
+    is rescaled and centred so that, as in a trained model, the probabilities are peaked and
+    every class wins some pixels."""
     keras.utils.set_random_seed(0)
     model = icnet.build_icnet(len(LABELS), SIZE, alpha)
     classifier = model.get_layer("conv6_cls_logits")
-    images, _ = export.load_check_images(None, SIZE, dataset.Normalization(**normalization))
+    images, _ = tflite.load_check_images(None, SIZE, dataset.Normalization(**normalization))
     logits = keras.Model(model.input, classifier.output)(images).numpy()
     classifier.kernel.assign(classifier.kernel.numpy() * 10 / logits.std())
     logits = keras.Model(model.input, classifier.output)(images).numpy()
     classifier.bias.assign(-logits.mean(axis=(0, 1, 2)))
-    model.save_weights(directory / train.WEIGHTS_FILE)
     config = {
-        "format_version": train.FORMAT_VERSION,
         "labels": LABELS,
         "num_classes": len(LABELS),
         "image_size": list(SIZE),
@@ -50,8 +59,13 @@ def write_model_dir(directory: Path, normalization: dict, alpha: float = 0.25) -
         "normalization": normalization,
         "training": {"epochs": 1},
     }
-    (directory / train.CONFIG_FILE).write_text(json.dumps(config))
-    (directory / train.METRICS_FILE).write_text(json.dumps(METRICS))
+    model_folder.write_model_dir(
+        directory,
+        write_weights=model.save_weights,
+        config=config,
+        history=[{"epoch": 1, "loss": 1.0}],
+        training_metrics=METRICS,
+    )
     return directory
 
 
@@ -86,13 +100,13 @@ def test_default_export_is_an_fp16_ml_program_with_the_training_normalization(de
         ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(source.type.imageType.colorSpace)
         == "RGB"
     )
-    preprocessing = export.image_preprocessing(spec)
+    preprocessing = coreml_spec.image_preprocessing(spec)
     assert preprocessing["scale"] == pytest.approx(LEGACY_NORMALIZATION["scale"], rel=1e-6)
     assert preprocessing["bias"] == pytest.approx([LEGACY_NORMALIZATION["offset"]] * 3)
     (target,) = spec.description.output
     assert target.name == "probabilities"
     assert list(target.type.multiArrayType.shape) == [1, SIZE[0] // 4, SIZE[1] // 4, len(LABELS)]
-    weights = export.weight_types(spec)
+    weights = coreml_spec.weight_types(spec)
     assert weights.get("FLOAT16", 0) > 60 and "FLOAT32" not in weights  # one per conv at least
     assert result["coreml"]["weights"] == weights
     assert result["coreml"]["input"]["scale"] == pytest.approx(1 / 255, rel=1e-6)
@@ -131,14 +145,14 @@ def test_tflite_matches_keras_on_the_real_images(default_export, model_dir):
     assert fp16["argmax_agreement"] >= fp16["bounds"]["min_argmax_agreement"]
     assert fp16["bytes"] < 0.6 * fp32["bytes"]
     # Independently: the files on disk reproduce Keras on the same images.
-    model, config = export.load_inference_model(model_dir)
-    images, _ = export.load_check_images(
+    model, config = inference.load_inference_model(model_dir)
+    images, _ = tflite.load_check_images(
         ADE_SAMPLE / "images", SIZE, dataset.Normalization(**config["normalization"])
     )
     reference = model.predict(images, verbose=0)
     assert reference.max(axis=-1).mean() > 0.8  # peaked, and every class wins pixels:
     assert np.bincount(reference.argmax(-1).ravel(), minlength=len(LABELS)).min() > 0
-    on_disk = export.run_tflite((output / "icnet.tflite").read_bytes(), images)
+    on_disk = tflite.run_tflite((output / "icnet.tflite").read_bytes(), images)
     assert np.abs(on_disk - reference).max() <= 1e-4
     assert (on_disk.argmax(-1) == reference.argmax(-1)).mean() >= 0.999
 
@@ -154,10 +168,13 @@ def test_export_json_lists_files_and_feeds_the_upload_stage(default_export):
         "icnet_fp16.tflite",
     }
     assert result["files"]["icnet.tflite"] == (output / "icnet.tflite").stat().st_size
-    assert result["files"]["icnet.mlpackage"] == export.path_bytes(output / "icnet.mlpackage")
+    assert result["files"]["icnet.mlpackage"] == export_folder.path_bytes(
+        output / "icnet.mlpackage"
+    )
     assert (output / "labels.txt").read_text().splitlines()[1:] == [
         f"{i}\t{label}" for i, label in enumerate(LABELS)
     ]
+    assert export_folder.require_complete(output) == result
     info = upload.model_info(output, model_dir=None)
     assert info["labels"] == LABELS
     assert info["metrics"] == METRICS
@@ -178,7 +195,7 @@ def test_verify_rejects_a_spec_that_differs(default_export):
         "precision": "float16",
         "palettized": False,
     }
-    assert export.verify_coreml(output / "icnet.mlpackage", expected)["classes"] == len(LABELS)
+    assert coreml_spec.verify_coreml(output / "icnet.mlpackage", expected)["classes"] == len(LABELS)
     wrong = [
         {"labels": [*LABELS, "sofa"]},
         {"output_shape": [1, 32, 32, 5]},
@@ -189,7 +206,7 @@ def test_verify_rejects_a_spec_that_differs(default_export):
     ]
     for change in wrong:
         with pytest.raises(StageError, match="is not what was exported"):
-            export.verify_coreml(output / "icnet.mlpackage", {**expected, **change})
+            coreml_spec.verify_coreml(output / "icnet.mlpackage", {**expected, **change})
 
 
 @pytest.mark.slow
@@ -204,7 +221,7 @@ def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
     assert scaler.channelScale == pytest.approx(2 / 255, rel=1e-6)
     assert [scaler.redBias, scaler.greenBias, scaler.blueBias] == [-1.0, -1.0, -1.0]
     assert spec.description.output[0].name == "labels"
-    assert export.weight_types(spec) == {"FLOAT16": result["coreml"]["weights"]["FLOAT16"]}
+    assert coreml_spec.weight_types(spec) == {"FLOAT16": result["coreml"]["weights"]["FLOAT16"]}
     assert result["output"]["shape"] == [1, *SIZE]
     assert json.loads(metadata(spec)["labels"]) == LABELS
     assert result["tflite"] is None and set(result["files"]) == {"icnet.mlmodel", "labels.txt"}
@@ -216,28 +233,28 @@ def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tm
     result = export.export_model(model_dir, tmp_path, options)
     spec = ct.utils.load_spec(str(tmp_path / "p8.mlpackage"))
     assert list(spec.description.output[0].type.multiArrayType.shape) == [1, *SIZE, len(LABELS)]
-    assert export.weight_types(spec)["palettized"] > 0
+    assert coreml_spec.weight_types(spec)["palettized"] > 0
     fp16_bytes = default_export[1]["coreml"]["bytes"]
     assert result["coreml"]["bytes"] < 0.85 * fp16_bytes
     assert json.loads(metadata(spec)["palettized"]) is True
 
 
 def test_label_and_full_outputs_agree_with_the_probabilities(model_dir):
-    inference, _ = export.load_inference_model(model_dir)
+    inference_model, _ = inference.load_inference_model(model_dir)
     images = np.random.default_rng(0).uniform(-0.5, 0.5, size=(2, *SIZE, 3)).astype("float32")
-    full = export.with_output(inference, "full")(images, training=False).numpy()
-    label_map = export.with_output(inference, "labels")(images, training=False).numpy()
+    full = export.with_output(inference_model, "full")(images, training=False).numpy()
+    label_map = export.with_output(inference_model, "labels")(images, training=False).numpy()
     assert full.shape == (2, *SIZE, len(LABELS))
     assert label_map.shape == (2, *SIZE) and label_map.dtype == np.int32
     np.testing.assert_array_equal(label_map, full.argmax(-1))
-    assert export.with_output(inference, "probabilities") is inference
+    assert export.with_output(inference_model, "probabilities") is inference_model
     with pytest.raises(StageError, match="unknown output 'logits'"):
-        export.with_output(inference, "logits")
+        export.with_output(inference_model, "logits")
 
 
 def test_export_at_another_size_keeps_the_weights(model_dir):
-    trained, _ = export.load_inference_model(model_dir)
-    resized, config = export.load_inference_model(model_dir, (192, 160))
+    trained, _ = inference.load_inference_model(model_dir)
+    resized, config = inference.load_inference_model(model_dir, (192, 160))
     assert tuple(resized.input.shape[1:3]) == (192, 160)
     assert tuple(resized.output.shape[1:3]) == (48, 40)
     assert config["image_size"] == list(SIZE)
@@ -249,7 +266,7 @@ def test_check_images_are_what_validation_feeds_the_model(tmp_path):
     """The real images, through export's preprocessing and through the training input
     pipeline (validation view of a TFRecord shard), give the same tensors."""
     normalization = dataset.Normalization(scale=2 / 255, offset=-1.0)
-    images, names = export.load_check_images(ADE_SAMPLE / "images", SIZE, normalization)
+    images, names = tflite.load_check_images(ADE_SAMPLE / "images", SIZE, normalization)
     assert names == ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_val_00000003.jpg"]
     shard = tmp_path / "val-00000-of-00001.tfrecord"
     with records.TFRecordWriter(shard) as writer:
@@ -267,60 +284,53 @@ def test_check_images_are_what_validation_feeds_the_model(tmp_path):
 
 def test_generated_check_images_are_deterministic(tmp_path):
     normalization = dataset.Normalization()
-    generated, names = export.load_check_images(None, SIZE, normalization)
-    assert generated.shape == (export.SYNTHETIC_CHECK_IMAGES, *SIZE, 3) and len(names) == 3
-    np.testing.assert_array_equal(generated, export.load_check_images(None, SIZE, normalization)[0])
+    generated, names = tflite.load_check_images(None, SIZE, normalization)
+    assert generated.shape == (tflite.SYNTHETIC_CHECK_IMAGES, *SIZE, 3) and len(names) == 3
+    np.testing.assert_array_equal(generated, tflite.load_check_images(None, SIZE, normalization)[0])
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(StageError, match="holds no"):
-        export.load_check_images(tmp_path, SIZE, normalization)
+        tflite.load_check_images(tmp_path, SIZE, normalization)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(StageError, match="cannot be read"):
-        export.load_check_images(tmp_path, SIZE, normalization)
+        tflite.load_check_images(tmp_path, SIZE, normalization)
 
 
 def test_numeric_bounds_are_enforced():
-    bounds = export.TFLITE_BOUNDS["float32"]
-    export.check_against_keras({"max_abs_diff": 1e-5, "argmax_agreement": 1.0}, bounds, "x")
+    bounds = tflite.TFLITE_BOUNDS["float32"]
+    tflite.check_against_keras({"max_abs_diff": 1e-5, "argmax_agreement": 1.0}, bounds, "x")
     with pytest.raises(StageError, match=re.escape("max abs diff 0.001 > 0.0001")):
-        export.check_against_keras({"max_abs_diff": 1e-3, "argmax_agreement": 1.0}, bounds, "x")
+        tflite.check_against_keras({"max_abs_diff": 1e-3, "argmax_agreement": 1.0}, bounds, "x")
     with pytest.raises(StageError, match=re.escape("argmax agreement 0.99000 < 0.999")):
-        export.check_against_keras({"max_abs_diff": 0.0, "argmax_agreement": 0.99}, bounds, "x")
+        tflite.check_against_keras({"max_abs_diff": 0.0, "argmax_agreement": 0.99}, bounds, "x")
     reference = np.array([[[0.9, 0.1], [0.2, 0.8]]])
-    figures = export.compare(reference, np.array([[[0.6, 0.4], [0.6, 0.4]]]), "full")
+    figures = tflite.compare(reference, np.array([[[0.6, 0.4], [0.6, 0.4]]]), "full")
     assert figures == {"max_abs_diff": pytest.approx(0.4), "argmax_agreement": 0.5}
-    labels = export.compare(np.array([[0, 1, 1, 1]]), np.array([[0, 1, 1, 0]]), "labels")
+    labels = tflite.compare(np.array([[0, 1, 1, 1]]), np.array([[0, 1, 1, 0]]), "labels")
     assert labels == {"max_abs_diff": None, "argmax_agreement": 0.75}
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # weights of alpha 0.5
 def test_bad_model_directories_are_refused(model_dir, tmp_path):
+    """Refused before anything is written (model_dir's own tests cover each check)."""
     out = tmp_path / "out"
-    with pytest.raises(StageError, match=re.escape("no config.json")):
+    with pytest.raises(StageError, match=r"model dir \S+/missing does not exist"):
         export.export_model(tmp_path / "missing", out, export.ExportOptions())
-    config = json.loads((model_dir / "config.json").read_text())
-    without_size = {k: v for k, v in config.items() if k not in ("image_size", "alpha")}
-    cases = {
-        "lacks image_size, alpha": without_size,
-        "num_classes is 4 but labels lists 3": {**config, "labels": LABELS[:3]},
-        "normalization needs numbers": {**config, "normalization": {"scale": 0.1}},
-    }
-    for number, (message, broken) in enumerate(cases.items()):
-        directory = tmp_path / f"broken-{number}"
-        directory.mkdir()
-        (directory / "config.json").write_text(json.dumps(broken))
-        (directory / train.WEIGHTS_FILE).write_bytes((model_dir / train.WEIGHTS_FILE).read_bytes())
-        with pytest.raises(StageError, match=message):
-            export.export_model(directory, out, export.ExportOptions())
-    no_weights = tmp_path / "no-weights"
-    no_weights.mkdir()
-    (no_weights / "config.json").write_text(json.dumps(config))
-    with pytest.raises(StageError, match=re.escape("has no model.weights.h5")):
-        export.export_model(no_weights, out, export.ExportOptions())
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+        export.export_model(incomplete, out, export.ExportOptions())
+    config = model_folder.require_complete(model_dir)
+    model_folder.weights_path(incomplete).write_bytes(
+        model_folder.weights_path(model_dir).read_bytes()
+    )
+    (incomplete / model_folder.CONFIG_FILE).write_text(json.dumps({**config, "labels": LABELS[:3]}))
+    with pytest.raises(StageError, match="num_classes is 4 but labels lists 3"):
+        export.export_model(incomplete, out, export.ExportOptions())
     other_alpha = write_model_dir(tmp_path / "alpha", LEGACY_NORMALIZATION, alpha=0.5)
-    (other_alpha / "config.json").write_text(json.dumps(config))  # claims alpha 0.25
+    (other_alpha / model_folder.CONFIG_FILE).write_text(json.dumps(config))  # claims alpha 0.25
     with pytest.raises(StageError, match=re.escape("does not fit the model config.json describes")):
         export.export_model(other_alpha, out, export.ExportOptions())
-    assert not out.exists()  # refused before writing anything
+    assert not out.exists()
 
 
 def test_bad_options_are_refused(model_dir, tmp_path):
@@ -341,28 +351,13 @@ def test_bad_options_are_refused(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_output_dir_holding_other_files_is_refused(tmp_path):
-    names = export.output_names(export.ExportOptions())
-    assert names == ["icnet.mlpackage", "labels.txt", "icnet.tflite", "icnet_fp16.tflite",
-                     "export.json"]  # fmt: skip
-    (tmp_path / "icnet.mlpackage").mkdir()
-    (tmp_path / "icnet.mlpackage" / "Manifest.json").write_text("{}")
-    (tmp_path / "export.json").write_text("{}")
-    export.prepare_output_dir(tmp_path, names)  # a retried export: its own leftovers go
-    assert list(tmp_path.iterdir()) == []
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(StageError, match=r"holds other files \(notes.txt\)"):
-        export.prepare_output_dir(tmp_path, names)
-    assert (tmp_path / "notes.txt").exists()
-
-
 def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
     status = cli.main(
         ["export", "--model-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "o")]
     )
     assert status == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ") and "no config.json" in error and "\n" not in error
+    assert error.startswith("error: ") and "does not exist" in error and "\n" not in error
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", "--model-dir", "m", "--output-dir", "o", "--output", "logits"])
     assert exit_info.value.code == 2

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from test_dataset import write_prepared
 
-from image_segmentation import cli, dataset, train
+from image_segmentation import cli, dataset, inference, model_folder, train
 from image_segmentation.errors import StageError
 
 EPOCHS, STEPS = 2, 25
@@ -67,7 +67,7 @@ def checkpoint_arrays(path: Path, prefix: str) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_killed_run_resumes_at_the_next_epoch(run):
     assert "Epoch 1/2" not in run.stdout and "Epoch 2/2" in run.stdout
-    history = json.loads((run.output / train.HISTORY_FILE).read_text())
+    history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
     assert [entry["epoch"] for entry in history] == [1, 2]
     assert history[0] == train.read_checkpoint_state(run.first)["history"][0]  # the killed run's
     checkpoints = train.list_checkpoints(run.output / train.CHECKPOINT_DIR)
@@ -95,19 +95,22 @@ def test_checkpoint_restores_weights_and_optimizer_state(run):
 
 @pytest.mark.slow
 def test_short_cpu_run_learns_and_writes_the_model_dir(run):
-    metrics = json.loads((run.output / train.METRICS_FILE).read_text())
+    metrics = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
     # 4 classes: always answering one class scores a mean IoU <= 0.25, guessing ~0.14.
     assert metrics["val_mean_iou"] >= 0.6, metrics
     assert metrics["val_pixel_accuracy"] >= 0.8, metrics
     assert set(metrics["val_class_iou"]) == {"none", "wall", "floor, flooring", "bed"}
-    config = json.loads((run.output / train.CONFIG_FILE).read_text())
+    config = json.loads((run.output / model_folder.CONFIG_FILE).read_text())
     assert config["format_version"] == 1
     assert config["labels"] == ["none", "wall", "floor, flooring", "bed"]
     assert config["num_classes"] == 4 and config["image_size"] == [64, 64]
     assert config["alpha"] == 0.25
     assert config["normalization"] == {"scale": 1 / 255, "offset": -0.5}
     assert config["training"]["epochs"] == EPOCHS and config["training"]["optimizer"] == "adam"
-    history = json.loads((run.output / train.HISTORY_FILE).read_text())
+    # One machine without GPUs: one replica, so the batch and learning rate are the given ones.
+    assert config["training"]["replicas"] == 1 and config["training"]["global_batch_size"] == 8
+    assert config["training"]["effective_learning_rate"] == 0.002
+    history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
     assert history[-1]["val_mean_iou"] == metrics["val_mean_iou"]
     assert history[-1]["learning_rate"] < history[0]["learning_rate"]  # poly decay
     events = list((run.output / "logs").glob("events.out.tfevents.*"))
@@ -122,14 +125,14 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
 
 @pytest.mark.slow
 def test_load_model_gives_the_trained_model(run):
-    model, config = train.load_model(run.output)
+    model, config = inference.load_model(run.output)
     final = checkpoint_arrays(train.list_checkpoints(run.output / "checkpoints")[-1], "model_")
     assert all(np.array_equal(v.numpy(), a) for v, a in zip(model.weights, final, strict=True))
     assert config["labels"][0] == "none"
     val = dataset.make_dataset(dataset.list_shards(run.data, "val"), (64, 64), 8, training=False)
     confusion = train.ConfusionMatrix(model, 4)(val)
     assert confusion.sum() == 16 * 64 * 64  # every pixel of the whole split, once
-    metrics = json.loads((run.output / train.METRICS_FILE).read_text())
+    metrics = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
     recomputed = train.validation_metrics(confusion, config["labels"], ignore_class_zero=False)
     assert recomputed["mean_iou"] == pytest.approx(metrics["val_mean_iou"], abs=1e-6)
     assert recomputed["mean_iou_ignore_none"] == pytest.approx(metrics["val_mean_iou_ignore_none"])
@@ -217,13 +220,13 @@ def test_checkpoints_are_atomic_pruned_and_restore_everything(tmp_path):
 def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
     expected = checkpoint_arrays(train.list_checkpoints(run.output / "checkpoints")[-1], "model_")
     bucket = gcs_client.create_bucket("models")
-    for name in (train.CONFIG_FILE, train.WEIGHTS_FILE):
+    for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):
         bucket.blob(f"runs/1/{name}").upload_from_filename(run.output / name)
     model = train.build_model(4, SETTINGS, 10, mixed_precision=False)
     fresh = [v.numpy() for v in model.weights]
     for source in (
         str(run.output),
-        str(run.output / train.WEIGHTS_FILE),
+        str(run.output / model_folder.WEIGHTS_FILE),
         "gs://models/runs/1",
         "gs://models/runs/1/model.weights.h5",
     ):
@@ -237,6 +240,18 @@ def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
         train.load_fine_tune_weights(model, "gs://models/runs/1", wider)
     with pytest.raises(StageError, match="does not exist"):
         train.load_fine_tune_weights(model, "gs://models/nothing", SETTINGS)
+
+
+def test_batch_and_learning_rate_are_per_replica():
+    settings = train.TrainSettings(batch_size=8, learning_rate=1e-3)
+    assert train.scaling(settings, replicas=1, train_records=100) == train.Scaling(1, 8, 1e-3, 12)
+    assert train.scaling(settings, replicas=4, train_records=100) == train.Scaling(4, 32, 4e-3, 3)
+    assert train.scaling(settings, replicas=16, train_records=100).steps_per_epoch == 1
+    fixed = train.TrainSettings(batch_size=8, steps_per_epoch=50)
+    assert train.scaling(fixed, replicas=4, train_records=100).steps_per_epoch == 50
+    model = train.build_model(4, SETTINGS, 10, mixed_precision=False, replicas=2)
+    rate = train.scaling(SETTINGS, replicas=2, train_records=64).learning_rate
+    assert float(model.optimizer.learning_rate) == pytest.approx(rate) == 2 * SETTINGS.learning_rate
 
 
 def test_mixed_precision_model_keeps_float32_outputs_and_the_global_policy():

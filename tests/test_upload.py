@@ -23,7 +23,7 @@ import google_crc32c
 import pytest
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from image_segmentation import storage, upload
+from image_segmentation import export_folder, model_folder, storage, upload
 from image_segmentation.errors import StageError
 
 FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.05).with_timeout(20.0)
@@ -161,8 +161,14 @@ class FaultProxy:
         handler.wfile.write(body)
 
 
+def record_export(export: Path) -> None:
+    """Write the export's record (export.json, which completes it) for the files it holds."""
+    names = sorted(path.name for path in export.iterdir() if path.name != "export.json")
+    export_folder.write_record(export, names, {"labels": LABELS, "metrics": {"x": 1}})
+
+
 def make_export(root: Path) -> Path:
-    """A fake export: a nested .mlpackage folder, a .tflite file and an export.json."""
+    """A fake export: a nested .mlpackage folder, a .tflite file and its export.json."""
     export = root / "export"
     package = export / "model.mlpackage"
     (package / "Data" / "com.apple.CoreML" / "weights").mkdir(parents=True)
@@ -172,17 +178,26 @@ def make_export(root: Path) -> Path:
         os.urandom(20_000)
     )
     (export / "model.tflite").write_bytes(os.urandom(9000))
-    (export / "export.json").write_text(json.dumps({"labels": LABELS, "metrics": {"x": 1}}))
+    record_export(export)
     return export
 
 
 def make_model_dir(root: Path) -> Path:
     model_dir = root / "model"
-    model_dir.mkdir()
-    config = {"format_version": 1, "labels": LABELS, "num_classes": 4, "image_size": [64, 64]}
-    (model_dir / "config.json").write_text(json.dumps(config))
-    metrics = {"pixel_accuracy": 0.91, "val_pixel_accuracy": 0.83, "val_mean_iou": 0.41}
-    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    config = {
+        "labels": LABELS,
+        "num_classes": 4,
+        "image_size": [64, 64],
+        "alpha": 0.25,
+        "normalization": {"scale": 1 / 255, "offset": -0.5},
+    }
+    model_folder.write_model_dir(
+        model_dir,
+        write_weights=lambda path: path.write_bytes(b"weights"),
+        config=config,
+        history=[],
+        training_metrics={"val_pixel_accuracy": 0.83, "val_mean_iou": 0.41},
+    )
     return model_dir
 
 
@@ -242,6 +257,7 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     # A second upload of the same version is refused and leaves the bucket as it was.
     before = snapshot(gcs_client, "models")
     (export / "model.tflite").write_bytes(b"a different model")
+    record_export(export)
     with pytest.raises(StageError, match=r"already exists.*--replace"):
         upload.upload_model(export, "gs://models/segmentation", "icnet", "v1")
     assert snapshot(gcs_client, "models") == before
@@ -250,6 +266,7 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     # ones are kept (same generation), and the manifest describes the new export.
     (export / "model.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").unlink()
     (export / "labels.txt").write_text("idx\tlabel\n0\tnone\n")
+    record_export(export)
     upload.upload_model(export, "gs://models/segmentation", "icnet", "v1", replace=True)
     after = snapshot(gcs_client, "models")
     prefix = "segmentation/icnet/v1/"
@@ -273,9 +290,21 @@ def test_bad_inputs(gcs_client, tmp_path):
         upload.upload_model(export, "gs://inputs/m", "icnet", "../v1")
     with pytest.raises(StageError, match="bucket gs://no-such-bucket does not exist"):
         upload.upload_model(export, "gs://no-such-bucket/m", "icnet", "v1")
-    with pytest.raises(StageError, match=r"config\.json does not exist"):
+    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
         upload.upload_model(export, "gs://inputs/m", "icnet", "v1", model_dir=tmp_path)
     assert list(gcs_client.list_blobs("inputs")) == []
+
+
+def test_an_incomplete_export_is_refused_before_any_upload(gcs_client, tmp_path):
+    gcs_client.create_bucket("partial")
+    export = make_export(tmp_path)
+    (export / "model.tflite").write_bytes(b"rewritten after the export finished")
+    with pytest.raises(StageError, match=r"model\.tflite is 35 bytes, not 9000"):
+        upload.upload_model(export, "gs://partial/m", "icnet", "v1")
+    (export / "export.json").unlink()  # as after an export that did not finish
+    with pytest.raises(StageError, match=r"has no export\.json: the export did not finish"):
+        upload.upload_model(export, "gs://partial/m", "icnet", "v1")
+    assert list(gcs_client.list_blobs("partial")) == []
 
 
 def test_transient_faults_are_retried(gcs_client, gcs_emulator, tmp_path, monkeypatch, caplog):

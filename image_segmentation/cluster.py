@@ -1,0 +1,93 @@
+"""Which machines a training job runs on, and which one is the chief; no TensorFlow here.
+
+A Vertex AI CustomJob with several replicas runs one process per machine, in worker pools:
+workerpool0 holds the chief, workerpool1 the other workers. Vertex describes the cluster in
+TF_CONFIG (task types "chief" and "worker") and in CLUSTER_SPEC (pool names); TF_CONFIG is
+used when set, CLUSTER_SPEC is translated when it is the only one. A cluster of one task is
+one machine and trains like a plain step. Only the chief writes outputs, including the
+Kubeflow executor output (cli.py).
+"""
+
+import json
+from collections.abc import Mapping
+
+from image_segmentation.errors import StageError
+
+CHIEF, WORKER = "chief", "worker"
+VERTEX_POOLS = {"workerpool0": CHIEF, "workerpool1": WORKER}
+
+
+def _parse(name: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise StageError(f"{name} is not JSON ({error}): {text[:200]}") from error
+    if not isinstance(value, dict):
+        raise StageError(f"{name} is not a JSON object: {text[:200]}")
+    return value
+
+
+def tf_config_from_cluster_spec(spec: dict) -> dict:
+    """Vertex's CLUSTER_SPEC as a TF_CONFIG: workerpool0 -> chief, workerpool1 -> worker."""
+    cluster, task = spec.get("cluster"), spec.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise StageError(f"CLUSTER_SPEC has no cluster and task: {json.dumps(spec)[:200]}")
+    other = sorted(set(cluster) - set(VERTEX_POOLS))
+    if other:
+        raise StageError(
+            f"CLUSTER_SPEC has worker pools {', '.join(other)}: only workerpool0 (chief) and "
+            "workerpool1 (workers) are supported"
+        )
+    return {
+        "cluster": {VERTEX_POOLS[pool]: addresses for pool, addresses in cluster.items()},
+        "task": {"type": VERTEX_POOLS.get(task.get("type")), "index": task.get("index", 0)},
+    }
+
+
+def check_tf_config(config: dict, name: str = "TF_CONFIG") -> dict:
+    """Refuse a cluster this stage cannot train on: other task types (parameter servers,
+    evaluators), or a task that is not in the cluster."""
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise StageError(f"{name} has no cluster and task: {json.dumps(config)[:200]}")
+    other = sorted(set(cluster) - {CHIEF, WORKER})
+    if other:
+        raise StageError(
+            f"{name} has task types {', '.join(other)}: only chief and worker are supported "
+            "(all-reduce training, no parameter servers)"
+        )
+    addresses, index = cluster.get(task.get("type")), task.get("index")
+    if not (isinstance(addresses, list) and isinstance(index, int) and 0 <= index < len(addresses)):
+        raise StageError(f"{name}: task {json.dumps(task)} is not in its cluster")
+    return config
+
+
+def cluster_config(environ: Mapping[str, str]) -> dict | None:
+    """The TF_CONFIG of a job on several machines, or None for one machine."""
+    if environ.get("TF_CONFIG"):
+        config = check_tf_config(_parse("TF_CONFIG", environ["TF_CONFIG"]))
+    elif environ.get("CLUSTER_SPEC"):
+        spec = tf_config_from_cluster_spec(_parse("CLUSTER_SPEC", environ["CLUSTER_SPEC"]))
+        config = check_tf_config(spec, "CLUSTER_SPEC")
+    else:
+        return None
+    tasks = sum(len(addresses) for addresses in config["cluster"].values())
+    return config if tasks > 1 else None
+
+
+def is_chief(config: dict | None) -> bool:
+    """The task that writes checkpoints and the model dir: the chief, or worker 0 of a cluster
+    without one (TensorFlow's rule); a single machine is its own chief."""
+    if config is None:
+        return True
+    task_type, index = config["task"]["type"], config["task"]["index"]
+    return task_type == CHIEF or (
+        task_type == WORKER and index == 0 and CHIEF not in config["cluster"]
+    )
+
+
+def task_name(config: dict | None) -> str:
+    """This process in the logs: "chief 0", "worker 1", or "one machine"."""
+    if config is None:
+        return "one machine"
+    return f"{config['task']['type']} {config['task']['index']}"

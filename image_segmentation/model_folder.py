@@ -1,0 +1,150 @@
+"""The model folder: what the train stage writes and the evaluate, export and upload stages read.
+
+It holds the weights, the training history, the final validation scores of training and
+`config.json` (labels, input size, alpha, normalization, how it was trained). On Vertex AI the
+folder is a Cloud Storage FUSE mount, where folders cannot be renamed, so it is written in
+place and `config.json` is written last: a folder without it is incomplete, and every reader
+refuses it with a one-line StageError. No TensorFlow here, so light stages can read a folder.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from image_segmentation import files
+from image_segmentation.errors import StageError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"  # written last: the folder's completion marker
+WEIGHTS_FILE = "model.weights.h5"  # Keras insists on the .weights.h5 ending
+HISTORY_FILE = "history.json"
+TRAINING_METRICS_FILE = "training_metrics.json"  # not the evaluate stage's metrics.json
+REQUIRED_KEYS = ("labels", "num_classes", "image_size", "alpha", "normalization")
+
+
+def weights_path(model_dir: Path) -> Path:
+    return Path(model_dir) / WEIGHTS_FILE
+
+
+def check_config(config: object, source: str) -> None:
+    """Refuse a config that the model cannot be rebuilt from; `source` names it in the error."""
+    if not isinstance(config, dict):
+        raise StageError(f"{source} does not hold a JSON object")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise StageError(
+            f"{source}: unsupported format_version {config.get('format_version')!r} "
+            f"(this code reads {FORMAT_VERSION})"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise StageError(f"{source} lacks {', '.join(missing)}")
+    names = config["labels"]
+    if not isinstance(names, list) or len(names) != config["num_classes"]:
+        raise StageError(
+            f"{source}: num_classes is {config['num_classes']} but labels lists "
+            f"{len(names) if isinstance(names, list) else 'no list of'} names"
+        )
+    size = config["image_size"]
+    if not (
+        isinstance(size, list | tuple) and len(size) == 2 and all(_positive_int(s) for s in size)
+    ):
+        raise StageError(f"{source}: image_size needs [height, width], got {size!r}")
+    if not (_number(config["alpha"]) and config["alpha"] > 0):
+        raise StageError(f"{source}: alpha needs a number > 0, got {config['alpha']!r}")
+    normalization = config["normalization"]
+    if not isinstance(normalization, dict) or not all(
+        _number(normalization.get(key)) for key in ("scale", "offset")
+    ):
+        raise StageError(f"{source}: normalization needs numbers 'scale' and 'offset'")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StageError(f"{path} is not valid JSON: {error}") from error
+
+
+def require_complete(model_dir: Path) -> dict:
+    """The checked config of a complete model folder: config.json valid, weights present."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise StageError(f"model dir {model_dir} does not exist")
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise StageError(
+            f"{model_dir} has no {CONFIG_FILE}: training did not finish, or it is not "
+            "the train stage's output"
+        )
+    config = _read_json(config_path)
+    check_config(config, str(config_path))
+    weights = weights_path(model_dir)
+    if not weights.is_file():
+        raise StageError(f"{model_dir} has no {WEIGHTS_FILE}: training did not finish")
+    if not weights.stat().st_size:
+        raise StageError(f"{weights} is empty: training did not finish")
+    return config
+
+
+def is_complete(model_dir: Path) -> bool:
+    """Whether `require_complete` accepts the folder."""
+    try:
+        require_complete(model_dir)
+    except StageError:
+        return False
+    return True
+
+
+def read_history(model_dir: Path) -> list[dict]:
+    """The per-epoch entries of the training history; none when the folder has none."""
+    path = Path(model_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    history = _read_json(path)
+    if not isinstance(history, list):
+        raise StageError(f"{path}: expected a list of per-epoch entries")
+    return [entry for entry in history if isinstance(entry, dict)]
+
+
+def read_training_metrics(model_dir: Path) -> dict | None:
+    """The validation scores at the end of training; None when the folder has none."""
+    path = Path(model_dir) / TRAINING_METRICS_FILE
+    if not path.is_file():
+        return None
+    scores = _read_json(path)
+    if not isinstance(scores, dict):
+        raise StageError(f"{path} does not hold a JSON object")
+    return scores
+
+
+def write_model_dir(
+    model_dir: Path,
+    *,
+    write_weights: Callable[[Path], object],
+    config: dict,
+    history: list[dict],
+    training_metrics: dict,
+) -> None:
+    """Write a complete model folder in place, config.json last.
+
+    `write_weights(path)` saves the weights at `path` (e.g. `model.save_weights`); `config`
+    gets format_version added and is checked before anything is written. An earlier run's
+    config.json goes first, so a folder being rewritten reads as incomplete.
+    """
+    config = {"format_version": FORMAT_VERSION, **config}
+    check_config(config, f"the config for {model_dir}")
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / CONFIG_FILE).unlink(missing_ok=True)
+    write_weights(weights_path(model_dir))
+    files.write_json(model_dir / HISTORY_FILE, history)
+    files.write_json(model_dir / TRAINING_METRICS_FILE, training_metrics)
+    files.write_json(model_dir / CONFIG_FILE, config)
