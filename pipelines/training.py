@@ -15,15 +15,18 @@ A job that fails as a whole (a stock-out, a lost machine) is retried by the pipe
 writes to the same model folder, so it too resumes from the last completed epoch.
 """
 
+from google_cloud_pipeline_components.v1.custom_job import (
+    create_custom_training_job_from_component,
+)
 from kfp import dsl
 from kfp.dsl import base_component
 
 from components import worker_replicas_component
 from components.images import Images
 
+RETRIES = 2
 # Vertex fills these in when the step runs: the run's service account, and a folder of the
 # run under its pipeline root (the job's base output directory, needed with a TensorBoard).
-RETRIES = 2
 RUN_SERVICE_ACCOUNT = "{{$.pipeline_service_account}}"
 JOB_OUTPUT_DIR = (
     f"{dsl.PIPELINE_ROOT_PLACEHOLDER}/{dsl.PIPELINE_JOB_ID_PLACEHOLDER}-"
@@ -33,10 +36,6 @@ JOB_OUTPUT_DIR = (
 
 def custom_job(train: base_component.BaseComponent) -> base_component.BaseComponent:
     """The train component as a Vertex CustomJob that survives worker restarts."""
-    from google_cloud_pipeline_components.v1.custom_job import (
-        create_custom_training_job_from_component,
-    )
-
     return create_custom_training_job_from_component(
         train,
         display_name="train",
