@@ -8,7 +8,6 @@ time on other work sharing the machine.
 """
 
 import io
-import json
 import os
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from image_segmentation import ade20k, labels, prepare, synthetic
+from image_segmentation import ade20k, data_folder, labels, prepare, synthetic
 
 TARGET_RATIO = 1.5
 
@@ -64,7 +63,7 @@ def run(num_images: int = 1000, repeats: int = 3) -> dict:
                 )
             )
         (floor_s, floor_cpu_s), (prepare_s, prepare_cpu_s) = min(floor_runs), min(prepare_runs)
-        stats = json.loads((output_dir / "stats.json").read_text())
+        stats = data_folder.read_stats(output_dir)
         kept = stats["splits"]["train"]["kept"]
         output_bytes = sum(p.stat().st_size for p in output_dir.glob("*.tfrecord"))
     if kept != num_images:

@@ -1,6 +1,6 @@
 """Training throughput of the train stage (images/s, steady state) at 768x768, alpha 0.25.
 
-It runs the stage's own pieces: `train.build_model` (ICNet, three-output loss, Adam) fed by
+It runs the stage's own pieces: `trainer.build_model` (ICNet, three-output loss, Adam) fed by
 `dataset.make_dataset` from generated TFRecords of ADE20K-sized images (decode, random scale,
 crop, flip, jitter, all on the CPU). On CPU: batch 8, float32. With a GPU visible: batch 16,
 mixed precision, once fed from the TFRecords and once from one batch of in-memory tensors
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from image_segmentation import dataset, labels, records, synthetic, train
+from image_segmentation import dataset, labels, records, synthetic, train, trainer
 
 IMAGE_SIZE = (768, 768)
 ALPHA = 0.25
@@ -72,13 +72,13 @@ def measure(
     in_memory: bool = False,
 ) -> dict:
     settings = train.TrainSettings(image_size=IMAGE_SIZE, alpha=ALPHA, batch_size=batch_size)
-    model = train.build_model(num_classes, settings, warmup_steps + steps, mixed_precision)
+    model = trainer.build_model(num_classes, settings, warmup_steps + steps, mixed_precision)
     data = dataset.make_dataset(
         shards,
         IMAGE_SIZE,
         batch_size,
         training=True,
-        target_sizes=train.output_sizes(model),
+        target_sizes=trainer.output_sizes(model),
     )
     if in_memory:
         data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()

@@ -3,16 +3,25 @@
 The download stage's output folder holds `ADEChallengeData2016.zip` and `manifest.json`, written
 last: a folder without the manifest is incomplete. Samples are read from that zip, member by
 member, or from an extracted `ADEChallengeData2016/` folder; both sources list a split's samples
-and read a sample's files the same way, so nothing needs extracting.
+and read a sample's files the same way, so nothing needs extracting. A zip in Cloud Storage or
+on a FUSE mount is read from a local copy.
 """
 
+import contextlib
+import logging
 import os
 import re
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_segmentation import storage
 from image_segmentation.errors import StageError
+
+log = logging.getLogger(__name__)
 
 DATASET_DIR = "ADEChallengeData2016"
 ARCHIVE_NAME = f"{DATASET_DIR}.zip"
@@ -199,3 +208,34 @@ def on_fuse_mount(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
         if path.is_relative_to(point) and len(point) >= len(mount_point):  # the last one wins
             mount_point, fs_type = point, fields[2]
     return fs_type.startswith("fuse")
+
+
+@contextlib.contextmanager
+def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator[Path]:
+    """The zip or dataset folder that `dataset_dir` names, on local disk while in use.
+
+    A zip in Cloud Storage (a gs:// URI of the zip or of the download stage's output) or on a
+    FUSE mount is copied to a temporary folder in `scratch_dir` (default: the system's), removed
+    afterwards: the workers read tens of thousands of members, each a request over the network.
+    """
+    text = str(dataset_dir)
+    if storage.is_gcs_uri(text):
+        uri = text if text.endswith(".zip") else f"{text.rstrip('/')}/{ARCHIVE_NAME}"
+        with _scratch_folder(scratch_dir) as scratch:
+            yield storage.download_file(uri, scratch / ARCHIVE_NAME)
+        return
+    dataset = locate(Path(text))
+    if not (dataset.is_file() and on_fuse_mount(dataset)):
+        yield dataset
+        return
+    with _scratch_folder(scratch_dir) as scratch:
+        log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
+        yield Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
+
+
+@contextlib.contextmanager
+def _scratch_folder(scratch_dir: Path | None) -> Iterator[Path]:
+    if scratch_dir is not None:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=scratch_dir) as folder:
+        yield Path(folder)

@@ -1,7 +1,9 @@
 """One command-line entry point for every stage: `python -m image_segmentation STAGE --help`.
 
 Each stage module provides `add_arguments(parser)` and `run(args)`. Only the chosen stage's
-module is imported, so light stages (download) never pay for importing TensorFlow.
+module is imported, so light stages (download) never pay for importing TensorFlow; the stages
+that use it import it only in `run` (train.py and trainer.py, evaluate.py and evaluator.py), so
+every stage's `--help` answers at once.
 """
 
 import argparse

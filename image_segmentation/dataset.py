@@ -8,19 +8,16 @@ IGNORE, which the loss and the metrics skip: the model is never taught that a fa
 "none" or any other class.
 """
 
-import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 
-from image_segmentation import records
+from image_segmentation import data_folder, records
 from image_segmentation.errors import StageError
 
-IGNORE = 255  # mask value of unlabelled pixels; class ids must stay below it
-SPLITS = ("train", "val")
-_SHARD = re.compile(r"^(train|val)-(\d{5})-of-(\d{5})\.tfrecord$")
+IGNORE = data_folder.IGNORE
+list_shards = data_folder.list_shards  # tests/test_train.py calls it here; then it can go
 
 
 @dataclass(frozen=True)
@@ -39,34 +36,6 @@ class Augmentation:
     max_scale: float = 1.5
     flip: bool = True
     color_jitter: bool = True
-
-
-def list_shards(data_dir: Path, split: str) -> list[Path]:
-    """The shards of a split, sorted; checks that none of the `-of-NNNNN` set is missing."""
-    shards = sorted(
-        path
-        for path in Path(data_dir).glob(f"{split}-*.tfrecord")
-        if (match := _SHARD.match(path.name)) and match.group(1) == split
-    )
-    totals = {int(_SHARD.match(path.name).group(3)) for path in shards}
-    if shards and (len(totals) != 1 or len(shards) != totals.pop()):
-        names = ", ".join(path.name for path in shards[:3])
-        raise StageError(f"{data_dir}: incomplete or mixed {split} shards ({names}, ...)")
-    return shards
-
-
-def count_records(paths: list[Path]) -> int:
-    """Number of records in TFRecord files, reading only the length headers (fast)."""
-    total = 0
-    for path in paths:
-        with open(path, "rb") as file:
-            while header := file.read(12):
-                if len(header) < 12:
-                    raise StageError(f"{path}: truncated TFRecord file")
-                (length,) = struct.unpack("<Q", header[:8])
-                file.seek(length + 4, 1)
-                total += 1
-    return total
 
 
 def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

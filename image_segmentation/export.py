@@ -6,17 +6,21 @@ or an argmax to a label map. It is converted to Core ML (`coreml.py`) with an RG
 that applies the training normalization, and the saved file is read back and checked
 (`coreml_spec.py`): Core ML cannot run on Linux. The numerics are checked through TFLite
 (`tflite.py`): the same Keras graph converted to TFLite must match Keras on real images within
-fixed bounds. Every figure lands in `export.json` (`export_folder.py`), written last, and in the
-Core ML metadata.
+fixed bounds. Every figure lands in `export.json` and in the Core ML metadata. The files are
+made and checked in a staging folder, then copied into the output folder with `export.json`
+last (`export_folder.py`), so a rerun that fails or is killed before that leaves an earlier
+export there intact.
 """
 
 import argparse
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from image_segmentation import (
@@ -35,7 +39,7 @@ from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mlprogram", "neuralnetwork")
+FORMATS = tuple(export_folder.COREML_SUFFIXES)
 PRECISIONS = ("float16", "float32")
 OUTPUT_KINDS = tuple(coreml.COREML_OUTPUT_NAMES)  # the --output choices
 DEFAULT_AUTHOR = "image-segmentation"
@@ -113,9 +117,13 @@ def with_output(inference_model: keras.Model, output_kind: str) -> keras.Model:
 
 
 def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> dict:
-    """Export, verify and describe; return what export.json holds (written last)."""
+    """Export and verify in a staging folder, then publish to `output_dir`: an earlier export
+    there stays intact and usable if this one fails or is killed before that. Returns what
+    export.json holds (written last)."""
     check_options(options)
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    names = export_folder.file_names(options.model_name, options.format, options.tflite)
+    export_folder.check_output_dir(output_dir, names)
     inference_model, config = inference.load_inference_model(model_dir, options.image_size)
     training_metrics = model_folder.read_training_metrics(model_dir)
     model = with_output(inference_model, options.output)
@@ -126,14 +134,46 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
         size,
         dataset.Normalization(normalization["scale"], normalization["offset"]),
     )
-    names = export_folder.file_names(options.model_name, options.format, options.tflite)
-    export_folder.prepare(output_dir, names)
+    with tempfile.TemporaryDirectory(prefix="export-") as staging:
+        made = _make_files(Path(staging), model, config, images, options)
+        result = export_folder.publish(
+            staging,
+            output_dir,
+            names,
+            {
+                "model_name": options.model_name,
+                "version": options.version,
+                "labels": config["labels"],
+                "config": {key: value for key, value in config.items() if key != "labels"},
+                "metrics": training_metrics,
+                "image_size": list(size),
+                "trained_image_size": config["image_size"],
+                "normalization": normalization,
+                "output": made["output"],
+                "format": options.format,
+                "precision": options.precision,
+                "palettized": options.palettize,
+                "coreml": made["coreml"],
+                "tflite": made["tflite"],
+                "check_images": image_names,
+            },
+        )
+    log.info("exported %s to %s", ", ".join(result["files"]), output_dir)
+    return result
 
+
+def _make_files(
+    staging: Path, model: keras.Model, config: dict, images: np.ndarray, options: ExportOptions
+) -> dict:
+    """Write the TFLite files (checked against Keras), the Core ML model (read back and
+    checked) and labels.txt into `staging`; return what export.json says of them."""
+    normalization = config["normalization"]
+    size = tuple(model.input.shape[1:3])
     metadata = {"precision": options.precision, "palettized": json.dumps(options.palettize)}
     tflite_figures = None
     if options.tflite:
         tflite_figures = tflite.export_tflite(
-            model, images, options.output, output_dir, options.model_name
+            model, images, options.output, staging, options.model_name
         )
         metadata["tflite_checks"] = json.dumps(_short_checks(tflite_figures))
     mlmodel = coreml.describe(
@@ -144,7 +184,7 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
         about={"author": options.author, "license": options.license, "version": options.version},
         metadata=metadata,
     )
-    coreml_path = output_dir / export_folder.coreml_file(options.model_name, options.format)
+    coreml_path = staging / export_folder.coreml_file(options.model_name, options.format)
     mlmodel.save(str(coreml_path))
     output = {
         "kind": options.output,
@@ -163,30 +203,8 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
             "palettized": options.palettize,
         },
     )
-    (output_dir / export_folder.LABELS_FILE).write_text(labels.format_labels_file(config["labels"]))
-    result = export_folder.write_record(
-        output_dir,
-        names,
-        {
-            "model_name": options.model_name,
-            "version": options.version,
-            "labels": config["labels"],
-            "config": {key: value for key, value in config.items() if key != "labels"},
-            "metrics": training_metrics,
-            "image_size": list(size),
-            "trained_image_size": config["image_size"],
-            "normalization": normalization,
-            "output": output,
-            "format": options.format,
-            "precision": options.precision,
-            "palettized": options.palettize,
-            "coreml": coreml_summary,
-            "tflite": tflite_figures,
-            "check_images": image_names,
-        },
-    )
-    log.info("exported %s to %s", ", ".join(result["files"]), output_dir)
-    return result
+    (staging / export_folder.LABELS_FILE).write_text(labels.format_labels_file(config["labels"]))
+    return {"output": output, "coreml": coreml_summary, "tflite": tflite_figures}
 
 
 def _short_checks(tflite_figures: dict) -> dict:

@@ -5,13 +5,15 @@ Three branches see the image at full, 1/2 and 1/4 resolution. The expensive dila
 runs only on the 1/4 branch (at 1/32 of the input); the 1/2 branch shares its first layers
 (conv1..conv3_1), and the cheap full-resolution branch adds detail. Cascade feature fusion
 (CFF) units merge them at S/16 and S/8, and the classifier runs at S/4. Two extra classifiers
-at S/16 and S/8 give the cascade label guidance used only in training.
+at S/16 and S/8 give the cascade label guidance used only in training. Every classifier outputs
+logits, which the loss takes; the softmax is only in the inference model.
 
 Layer names follow the reference Caffe/TensorFlow implementations (conv1_1_3x3_s2, conv3_1,
-conv5_4_k1, conv_sub4, ...), so weights load by name. Everything here converts to Core ML
-and TFLite: fixed 2x upsamplings are `UpSampling2D(interpolation="bilinear")`, other resizes
-are the small `BilinearResize` layer (never keras `Resizing`: after `model.export()` a model
-that holds it runs BatchNorm in training mode, and its outputs are wrong).
+conv5_4_k1, conv_sub4, ...) and stay stable: checkpoints, and weight copies between models of
+other input sizes, find weights by them. Everything here converts to Core ML and TFLite: fixed
+2x upsamplings are `UpSampling2D(interpolation="bilinear")`, other resizes are the small
+`BilinearResize` layer (never keras `Resizing`: after `model.export()` a model that holds it
+runs BatchNorm in training mode, and its outputs are wrong).
 """
 
 import math
@@ -161,9 +163,10 @@ def cascade_feature_fusion(
 
 
 def classifier(x, num_classes: int, name: str):
-    """1x1 conv to class logits, then softmax in float32 even under a mixed_float16 policy."""
+    """1x1 conv to class logits, output in float32 even under a mixed_float16 policy: the loss
+    is computed on them, and float16 would round it."""
     x = layers.Conv2D(num_classes, 1, name=f"{name}_logits")(x)
-    return layers.Softmax(dtype="float32", name=name)(x)
+    return layers.Activation("linear", dtype="float32", name=name)(x)
 
 
 def check_arguments(num_classes: int, image_size: tuple[int, int], alpha: float) -> None:
@@ -187,7 +190,7 @@ def check_arguments(num_classes: int, image_size: tuple[int, int], alpha: float)
 
 def build_icnet(num_classes: int, image_size: tuple[int, int], alpha: float = 1.0) -> keras.Model:
     """The training model: input "image" (float32 [batch, H, W, 3], already normalized),
-    outputs {"conv6_cls": S/4, "sub24_out": S/8, "sub4_out": S/16} softmax probabilities."""
+    outputs {"conv6_cls": S/4, "sub24_out": S/8, "sub4_out": S/16} float32 class logits."""
     check_arguments(num_classes, image_size, alpha)
 
     def width(channels: int) -> int:
@@ -239,9 +242,11 @@ def build_icnet(num_classes: int, image_size: tuple[int, int], alpha: float = 1.
 
 def inference_model(training_model: keras.Model) -> keras.Model:
     """The deployable model: the training model's own layers (so its weights, with no copy)
-    up to the S/4 "conv6_cls" probabilities, without the label-guidance heads."""
-    output = training_model.get_layer(INFERENCE_OUTPUT).output
-    return keras.Model(training_model.input, output, name="icnet_inference")
+    up to the S/4 "conv6_cls" logits, without the label-guidance heads, then a float32 softmax:
+    the class probabilities."""
+    logits = training_model.get_layer(INFERENCE_OUTPUT).output
+    probabilities = layers.Softmax(dtype="float32", name="probabilities")(logits)
+    return keras.Model(training_model.input, probabilities, name="icnet_inference")
 
 
 def count_multiply_adds(model: keras.Model) -> int:

@@ -1,4 +1,5 @@
-"""Segmentation metrics from one confusion matrix accumulated over a whole split.
+"""Segmentation metrics from one confusion matrix accumulated over a whole split (by
+`scoring.py`, for training's validation and the evaluate stage alike).
 
 Scores are computed once from the summed confusion matrix, never averaged over batches or
 images: an image with few pixels of a class weighs by its pixels, as in the ADE20K benchmark.
@@ -16,23 +17,6 @@ score, nor a zero one.
 import math
 
 import numpy as np
-
-
-def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """int64 [num_classes, num_classes] counts of (true class, predicted class) pixel pairs.
-
-    Ground-truth values outside 0..num_classes-1 (the unlabelled value 255) are not counted.
-    """
-    truth = np.asarray(truth).ravel().astype(np.int64)
-    predicted = np.asarray(predicted).ravel().astype(np.int64)
-    if truth.shape != predicted.shape:
-        raise ValueError(f"{truth.size} true labels but {predicted.size} predictions")
-    scored = (truth >= 0) & (truth < num_classes)
-    truth, predicted = truth[scored], predicted[scored]
-    if predicted.size and (predicted.min() < 0 or predicted.max() >= num_classes):
-        raise ValueError(f"predicted classes must be in 0..{num_classes - 1}")
-    counts = np.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
 
 
 def ignore_class_zero(confusion: np.ndarray) -> np.ndarray:

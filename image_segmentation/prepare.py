@@ -14,6 +14,10 @@ member, or from an extracted folder. A zip in Cloud Storage or on a FUSE mount (
 Samples go to shards by a seeded shuffle (ADE20K's names are ordered by scene); each shard is
 written by one worker process, in order, so the output is byte-identical for any number of
 workers (parallelism is per shard: more workers than shards would idle).
+
+The output goes through `data_folder`: a rerun writes a new generation beside a complete output
+and switches to it when done, so a failed or killed run leaves the earlier output readable. A
+run that keeps no sample at all fails, saying why.
 """
 
 import argparse
@@ -23,12 +27,8 @@ import io
 import logging
 import multiprocessing
 import os
-import shutil
-import struct
 import sys
-import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from image_segmentation import ade20k, files, labels, records, storage
+from image_segmentation import ade20k, data_folder, disk, labels, records
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,13 @@ class SplitStats:
         self.shards.append(name)
         self.records_per_shard.append(sum(r.status == KEPT for r in results))
 
+    def dropped(self, threshold: float | None) -> str:
+        """Why samples were not kept, e.g. `3 missing_annotation, 2 below threshold 0.6`."""
+        reasons = [f"{count} {reason}" for reason, count in self.skipped.items() if count]
+        if self.below_threshold:
+            reasons.append(f"{self.below_threshold} below threshold {threshold}")
+        return ", ".join(reasons)
+
     def to_json(self, class_labels: tuple[str, ...]) -> dict:
         return {
             "considered": self.considered,
@@ -122,11 +129,6 @@ class SplitStats:
         }
 
 
-def shard_names(prefix: str, num_shards: int) -> list[str]:
-    """`train-00000-of-00016.tfrecord`, ...: the names the train stage globs for."""
-    return [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-
-
 def assign_shards(
     samples: list[ade20k.Sample], num_shards: int, seed: int
 ) -> list[list[ade20k.Sample]]:
@@ -137,28 +139,6 @@ def assign_shards(
     """
     order = np.random.default_rng(seed).permutation(len(samples))
     return [[samples[i] for i in part] for part in np.array_split(order, num_shards)]
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(mask: Image.Image) -> bytes:
-    """An 8-bit grayscale PNG of unfiltered rows at zlib level 1.
-
-    Class masks are long runs of a few values, so this is about as small as PIL's encoder with
-    its per-row filter search, in a third of the time.
-    """
-    width, height = mask.size
-    rows = Image.new("L", (width + 1, height))  # column 0: each row's filter type, 0 (none)
-    rows.paste(mask, (1, 0))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-        + _chunk(b"IEND", b"")
-    )
 
 
 def _rgb_jpeg(image: Image.Image) -> bytes:
@@ -218,7 +198,7 @@ def process_sample(sample: ade20k.Sample, source: ade20k.Source, options: Option
             return Result(name, BELOW_THRESHOLD, f"{present} of {options.num_classes - 1}")
     if converted:
         image_bytes = _rgb_jpeg(image)
-    mask_png = encode_png(mask.point(options.lookup))
+    mask_png = records.encode_png(mask.point(options.lookup))
     filename = Path(sample.image).name
     record = records.segmentation_example(image_bytes, filename, height, width, mask_png)
     return Result(name, KEPT, record=record, pixel_counts=pixel_counts, converted_to_rgb=converted)
@@ -242,6 +222,7 @@ def write_shard(shard: Shard, options: Options) -> list[Result]:
     """
     results = []
     with (
+        disk.disk_full_error(shard.path, None),
         ade20k.open_source(options.dataset) as source,
         records.TFRecordWriter(shard.path) as writer,
     ):
@@ -254,15 +235,6 @@ def write_shard(shard: Shard, options: Options) -> list[Result]:
     return results
 
 
-def _clear_outputs(output_dir: Path) -> None:
-    """Remove what an earlier run left, stats.json first, so no stale shard is picked up."""
-    (output_dir / "stats.json").unlink(missing_ok=True)
-    for prefix in SPLITS:
-        for pattern in (f"{prefix}-*-of-*.tfrecord", f"{prefix}-*-of-*.tfrecord.partial"):
-            for path in output_dir.glob(pattern):
-                path.unlink()
-
-
 def _threshold(whitelist: str | None, threshold: float | None) -> float | None:
     """The threshold in force: none without a whitelist, DEFAULT_THRESHOLD when not given."""
     if not whitelist:
@@ -273,37 +245,6 @@ def _threshold(whitelist: str | None, threshold: float | None) -> float | None:
     if not 0.0 <= threshold <= 1.0:
         raise StageError(f"threshold must be between 0 and 1, got {threshold}")
     return threshold
-
-
-@contextlib.contextmanager
-def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator[Path]:
-    """The zip or dataset folder that `dataset_dir` names, on local disk while in use.
-
-    A zip in Cloud Storage (a gs:// URI of the zip or of the download stage's output) or on a
-    FUSE mount is copied to a temporary folder in `scratch_dir` (default: the system's), removed
-    afterwards: the workers read tens of thousands of members, each a request over the network.
-    """
-    text = str(dataset_dir)
-    if storage.is_gcs_uri(text):
-        uri = text if text.endswith(".zip") else f"{text.rstrip('/')}/{ade20k.ARCHIVE_NAME}"
-        with _scratch_folder(scratch_dir) as scratch:
-            yield storage.download_file(uri, scratch / ade20k.ARCHIVE_NAME)
-        return
-    dataset = ade20k.locate(Path(text))
-    if not (dataset.is_file() and ade20k.on_fuse_mount(dataset)):
-        yield dataset
-        return
-    with _scratch_folder(scratch_dir) as scratch:
-        log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
-        yield Path(shutil.copyfile(dataset, scratch / ade20k.ARCHIVE_NAME))
-
-
-@contextlib.contextmanager
-def _scratch_folder(scratch_dir: Path | None) -> Iterator[Path]:
-    if scratch_dir is not None:
-        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=scratch_dir) as folder:
-        yield Path(folder)
 
 
 def find_samples(dataset: Path, named: str) -> dict[str, list[ade20k.Sample]]:
@@ -356,6 +297,25 @@ def write_shards(shards: list[Shard], options: Options, workers: int) -> dict[st
     return stats
 
 
+def report_counts(stats: dict[str, SplitStats], threshold: float | None) -> None:
+    """Log what each split kept; a run that kept no sample at all fails, saying why."""
+    for prefix, split_stats in stats.items():
+        log.info(
+            "%s: kept %d of %d (%d below threshold, %d skipped, %d converted to RGB)",
+            prefix, split_stats.kept, split_stats.considered, split_stats.below_threshold,
+            sum(split_stats.skipped.values()), split_stats.converted_to_rgb,
+        )  # fmt: skip
+    empty = "; ".join(
+        f"{prefix}: none of {split_stats.considered} kept ({split_stats.dropped(threshold)})"
+        for prefix, split_stats in stats.items()
+        if split_stats.considered and not split_stats.kept
+    )
+    if not any(split_stats.kept for split_stats in stats.values()):
+        raise StageError(f"no sample kept: {empty}")
+    if empty:
+        log.warning("%s", empty)
+
+
 def prepare_dataset(
     dataset_dir: str | Path,
     output_dir: Path,
@@ -367,10 +327,11 @@ def prepare_dataset(
     seed: int = 0,
     scratch_dir: Path | None = None,
 ) -> dict:
-    """Write the TFRecord shards, labels.txt and (last) stats.json; return the stats.
+    """Write the TFRecord shards, then labels.txt and stats.json; return the stats.
 
-    `dataset_dir` is anything `local_dataset` accepts. Without a whitelist all 150 classes are
-    kept and no threshold applies; with one, the threshold defaults to DEFAULT_THRESHOLD.
+    `dataset_dir` is anything `ade20k.local_dataset` accepts. Without a whitelist all 150
+    classes are kept and no threshold applies; with one, the threshold defaults to
+    DEFAULT_THRESHOLD. The output folder is checked before the dataset is read.
     """
     classes = labels.parse_whitelist(whitelist)  # raises before anything is written
     threshold = _threshold(whitelist, threshold)
@@ -379,53 +340,40 @@ def prepare_dataset(
     workers = workers if workers is not None else os.cpu_count() or 1
     if workers < 1:
         raise StageError(f"--workers must be at least 1, got {workers}")
-    with local_dataset(dataset_dir, scratch_dir) as dataset:
+    output_dir = Path(output_dir)
+    shard_counts = {"train": train_shards, "val": val_shards}
+    with (
+        disk.usable_folder(output_dir, "--output-dir"),
+        ade20k.local_dataset(dataset_dir, scratch_dir) as dataset,
+    ):
         samples = find_samples(dataset, str(dataset_dir))
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _clear_outputs(output_dir)
-        (output_dir / "labels.txt").write_text(labels.format_labels_file(classes.labels))
-
-        shard_counts = {"train": train_shards, "val": val_shards}
-        shards = [
-            Shard(prefix, output_dir / name, tuple(part))
-            for prefix in SPLITS
-            for part, name in zip(
-                assign_shards(samples[prefix], shard_counts[prefix], seed),
-                shard_names(prefix, shard_counts[prefix]),
-                strict=True,
-            )
-        ]
-        options = Options(
-            dataset=dataset,
-            lookup=tuple(int(v) for v in classes.lookup_table()),
-            num_classes=classes.num_classes,
-            threshold=threshold,
-        )
+        lookup = tuple(int(v) for v in classes.lookup_table())
+        options = Options(dataset, lookup, classes.num_classes, threshold)
         started = time.monotonic()
-        stats = write_shards(shards, options, workers)
-    elapsed = time.monotonic() - started
+        with data_folder.new_generation(output_dir) as generation:
+            shards = [
+                Shard(prefix, output_dir / name, tuple(part))
+                for prefix in SPLITS
+                for part, name in zip(
+                    assign_shards(samples[prefix], shard_counts[prefix], seed),
+                    data_folder.shard_names(prefix, shard_counts[prefix], generation),
+                    strict=True,
+                )
+            ]
+            stats = write_shards(shards, options, workers)
+            elapsed = time.monotonic() - started
+            report_counts(stats, threshold)
+            summary = {
+                "whitelist": whitelist or None,
+                "threshold": threshold,
+                "seed": seed,
+                "labels": list(classes.labels),
+                "num_classes": classes.num_classes,
+                "splits": {p: stats[p].to_json(classes.labels) for p in SPLITS},
+            }
+            with disk.disk_full_error(output_dir / data_folder.STATS_FILE, None):
+                summary = data_folder.publish(output_dir, generation, summary)
     total = sum(split_stats.considered for split_stats in stats.values())
-
-    summary = {
-        "format_version": 1,
-        "whitelist": whitelist or None,
-        "threshold": threshold,
-        "seed": seed,
-        "labels": list(classes.labels),
-        "num_classes": classes.num_classes,
-        "splits": {p: stats[p].to_json(classes.labels) for p in SPLITS},
-    }
-    files.write_json(output_dir / "stats.json", summary)
-    for prefix, split_stats in stats.items():
-        skipped = sum(split_stats.skipped.values())
-        log.info(
-            "%s: kept %d of %d (%d below threshold, %d skipped, %d converted to RGB)",
-            prefix, split_stats.kept, split_stats.considered, split_stats.below_threshold,
-            skipped, split_stats.converted_to_rgb,
-        )  # fmt: skip
-        if split_stats.considered and not split_stats.kept:
-            log.warning("%s: no sample kept; is the threshold too high?", prefix)
     log.info("%d images in %.1f s with %d workers", total, elapsed, workers)
     return summary
 

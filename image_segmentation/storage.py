@@ -1,16 +1,19 @@
 """Cloud Storage access shared by the stages that talk to remote storage (download, upload).
 
 Every call goes through the official client with its transient-error retry (429, 5xx,
-connection resets); downloads resume from the last byte received and land in place only
-once complete and checksum-verified by the client.
+connection resets), each retry logged with the time left before it gives up; downloads resume
+from the last byte received and land in place only once complete and checksum-verified by the
+client.
 """
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +30,34 @@ from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
-# The client's retry (transient errors only) with a total budget long enough for a big
-# download that fails late: the deadline counts from the first attempt.
-RETRY = DEFAULT_RETRY.with_timeout(900.0)
+
+class LoggedRetry(Retry):
+    """A Retry that logs each failed attempt with the time left before it gives up, which
+    counts from the request's first attempt: a stage that waits on an unreachable Cloud
+    Storage says so, instead of staying silent for minutes."""
+
+    def __call__(self, func, on_error=None):
+        @functools.wraps(func)
+        def call_logging_retries(*args, **kwargs):
+            give_up_at = time.monotonic() + self.timeout
+
+            def log_failure(error: Exception) -> None:
+                log.warning(
+                    "Cloud Storage request failed (%s); %.1f s left to retry",
+                    root_cause(error),
+                    give_up_at - time.monotonic(),
+                )
+                if on_error is not None:
+                    on_error(error)
+
+            return Retry.__call__(self, func, on_error=log_failure)(*args, **kwargs)
+
+        return call_logging_retries
+
+
+# The client's retry (transient errors only, its predicate) with a total budget long enough
+# for a big download that fails late.
+RETRY = LoggedRetry(predicate=DEFAULT_RETRY._predicate, timeout=900.0)
 
 EMULATOR_PROJECT = "emulator-project"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -123,3 +151,15 @@ def explained_errors(uri: str) -> Iterator[None]:
         ) from None
     except api_exceptions.GoogleAPICallError as error:
         raise StageError(f"cannot use {uri}: {error}") from None
+    except api_exceptions.RetryError as error:
+        raise StageError(
+            f"gave up on {uri}: {error.message}; last error: {root_cause(error)}"
+        ) from None
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost error of a chain: `[Errno 111] Connection refused` rather than the
+    client's wrappers around it."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return error

@@ -5,12 +5,14 @@ lists and the record itself (an `.mlpackage` is a folder: relative paths are kep
 `manifest.json`, written last, that lists every file with its size and checksums plus the
 labels, metrics and source run. A version with a manifest is complete and verified; one
 without is an interrupted upload. An export folder that is not complete is refused before
-anything is uploaded.
+anything is uploaded, and so is one made from another model than `--model-dir` (other labels).
 
 Every write carries a generation precondition (0 = "must not exist", or the generation being
 replaced), so nothing is overwritten silently, and retrying a write after a transient error is
 safe. A retried create that finds its own first attempt already stored compares checksums
-instead of failing.
+instead of failing. Each request is retried for at most `--deadline` seconds, every retry
+logged with the time left, so an unreachable Cloud Storage ends the step with a one-line error
+instead of holding it for long.
 """
 
 import argparse
@@ -28,7 +30,8 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
-from image_segmentation import export_folder, model_folder, storage
+from image_segmentation import export_folder, files, model_folder, storage
+from image_segmentation.download import positive_seconds
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 SOURCE_RUN_ENV_VARS = ("AIP_PIPELINE_JOB_NAME", "CLOUD_ML_JOB_ID")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEFAULT_DEADLINE = 300.0  # seconds a failing request is retried before the stage gives up
+RETRY = storage.RETRY.with_timeout(DEFAULT_DEADLINE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing version (its objects the new one lacks are deleted)",
     )
+    parser.add_argument(
+        "--deadline",
+        type=positive_seconds,
+        default=DEFAULT_DEADLINE,
+        help="seconds to keep retrying a failing Cloud Storage request (unreachable, 429, 5xx) "
+        "before giving up",
+    )
     parser.add_argument("--output-uris", type=Path, help="write the uploaded URIs here as JSON")
 
 
@@ -74,12 +86,11 @@ def run(args: argparse.Namespace) -> int:
             model_dir=args.model_dir,
             source_run=args.source_run or default_source_run(),
             replace=args.replace,
+            retry=RETRY.with_timeout(args.deadline),
         )
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.output_uris:
-        args.output_uris.parent.mkdir(parents=True, exist_ok=True)
-        args.output_uris.write_text(text + "\n")
+        files.write_json(args.output_uris, result)
     return 0
 
 
@@ -100,18 +111,35 @@ def version_prefix(destination: str, model_name: str, version: str) -> tuple[str
     return bucket, "/".join([*parts, model_name, version]) + "/"
 
 
-def model_info(export_dir: Path, model_dir: Path | None) -> dict:
+def model_info(record: dict, model_dir: Path | None) -> dict:
     """Labels, model config and training metrics for the manifest: from the model folder when
-    given, else from the export's record, which holds them too."""
+    given, once its labels show it is the model the export was made from, else from the
+    export's record, which holds them too."""
     if model_dir is None:
-        exported = export_folder.require_complete(export_dir)
-        return {key: exported.get(key) for key in ("labels", "config", "metrics")}
+        return {key: record.get(key) for key in ("labels", "config", "metrics")}
     config = model_folder.require_complete(model_dir)
+    check_same_labels(record["labels"], config["labels"], model_dir)
     return {
         "labels": config["labels"],
         "config": {key: value for key, value in config.items() if key != "labels"},
         "metrics": model_folder.read_training_metrics(model_dir),
     }
+
+
+def check_same_labels(exported: list[str], trained: list[str], model_dir: Path) -> None:
+    """Refuse to describe an export with the labels of another model: apps would name the
+    classes wrongly."""
+    if exported == trained:
+        return
+    if len(exported) != len(trained):
+        difference = f"{len(exported)} labels in the export, {len(trained)} in the model"
+    else:
+        i = next(i for i in range(len(exported)) if exported[i] != trained[i])
+        difference = f"label {i} is {exported[i]!r} in the export, {trained[i]!r} in the model"
+    raise StageError(
+        f"the export was not made from {model_dir}: {difference}; pass the model folder it was "
+        "exported from"
+    )
 
 
 def same_content(blob: gcs.Blob, checksums: dict[str, str], size: int) -> bool:
@@ -129,7 +157,7 @@ def put_file(
     path: Path,
     checksums: dict[str, str],
     if_generation_match: int,
-    retry: Retry = storage.RETRY,
+    retry: Retry = RETRY,
 ) -> gcs.Blob:
     """Write one object under a generation precondition and return it with its metadata.
 
@@ -162,7 +190,7 @@ def put_file(
 
 
 def verify_objects(
-    bucket: gcs.Bucket, prefix: str, expected: dict[str, dict], retry: Retry = storage.RETRY
+    bucket: gcs.Bucket, prefix: str, expected: dict[str, dict], retry: Retry = RETRY
 ) -> None:
     """List `prefix` and check it holds exactly the expected objects with their checksums.
 
@@ -194,7 +222,7 @@ def upload_model(
     source_run: str | None = None,
     replace: bool = False,
     client: gcs.Client | None = None,
-    retry: Retry = storage.RETRY,
+    retry: Retry = RETRY,
 ) -> dict:
     """Upload `export_dir` as gs://.../MODEL/VERSION/, verify it, then write the manifest.
 
@@ -204,8 +232,9 @@ def upload_model(
     """
     bucket_name, prefix = version_prefix(destination, model_name, version)
     uri = f"gs://{bucket_name}/{prefix}"
-    files = export_folder.files_to_publish(export_dir)
-    info = model_info(export_dir, model_dir)
+    record = export_folder.require_complete(export_dir)
+    to_publish = export_folder.files_to_publish(export_dir, record)
+    info = model_info(record, model_dir)
     client = client or storage.gcs_client()
     bucket = client.bucket(bucket_name)
 
@@ -223,8 +252,8 @@ def upload_model(
         _delete(old_manifest, retry)
 
     entries = []
-    total = len(files)
-    for index, (relative, path) in enumerate(files.items(), start=1):
+    total = len(to_publish)
+    for index, (relative, path) in enumerate(to_publish.items(), start=1):
         name = prefix + relative
         size = path.stat().st_size
         checksums = storage.file_checksums(path)

@@ -12,7 +12,7 @@ shows them in its run form. The defaults are the legacy README's living-room exa
 """
 
 from kfp import compiler, dsl
-from kfp.dsl import graph_component
+from kfp.dsl import Input, Model, graph_component
 
 from components import (
     Images,
@@ -31,10 +31,10 @@ PIPELINE_NAME = "image-segmentation"
 JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123120000
 
 
-def publish(upload, converted, model, destination, model_name, version) -> dsl.PipelineTask:
+def publish(upload, exported, model, destination, model_name, version) -> dsl.PipelineTask:
     """The upload step; never cached, since every run publishes its own version."""
     task = upload(
-        exported=converted.outputs["exported"],
+        exported=exported,
         model=model,
         destination=destination,
         model_name=model_name,
@@ -54,6 +54,14 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
     not_published = not_published_component(images)
     convert = convert_component(images)
     upload = upload_component(images)
+
+    # The compiler does not pass a parameter that only sets a step's resources into a condition
+    # (the quality gate), so convert runs inside this small pipeline, whose inputs reach it.
+    @dsl.pipeline(name="convert-with-resources")
+    def convert_with_resources(model: Input[Model], cpu: str, memory: str) -> Model:
+        converted = convert(model=model)
+        converted.set_cpu_limit(cpu).set_memory_limit(memory)
+        return converted.outputs["exported"]
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def image_segmentation(
@@ -168,14 +176,15 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
         evaluated = evaluate(data=prepared.outputs["prepared"], model=model)
         evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
         with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
-            converted = convert(model=model)
-            converted.set_cpu_limit(convert_cpu).set_memory_limit(convert_memory)
+            exported = convert_with_resources(
+                model=model, cpu=convert_cpu, memory=convert_memory
+            ).output
             # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
             # so the default version is chosen here: one of the two upload tasks runs.
             with dsl.If(model_version == "", name="version-is-job-name"):
-                publish(upload, converted, model, destination, model_name, JOB_NAME)
+                publish(upload, exported, model, destination, model_name, JOB_NAME)
             with dsl.Else(name="version-given"):
-                publish(upload, converted, model, destination, model_name, model_version)
+                publish(upload, exported, model, destination, model_name, model_version)
         with dsl.Else(name="below-min-miou"):
             skipped = not_published(miou=evaluated.outputs["miou"], min_miou=min_miou)
             skipped.set_caching_options(False)  # every gated run says why nothing was published

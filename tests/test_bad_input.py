@@ -3,9 +3,10 @@
 Every case runs the real command, `python -m image_segmentation [--executor-input JSON] STAGE
 ...`, in a subprocess, against real parts: the loopback HTTP server of http_fixtures, the GCS
 emulator, small tmpfs mounts for a full or read-only disk (these cases are skipped where
-mounting is not permitted) and RLIMIT_FSIZE for a file size limit. Each test also checks what
-is, and is not, left on disk. "Before any work" means the server saw no request and no output
-folder was left behind.
+mounting is not permitted), RLIMIT_FSIZE for a file size limit and SIGKILL for an interrupted
+run. Each test also checks what is, and is not, left on disk. "Before any work" means the
+server saw no request and no output folder was left behind. The train and evaluate cases call
+the command's entry point in this process instead (see their section).
 
 case                                        expected
 ------------------------------------------  -------------------------------------------------
@@ -34,6 +35,41 @@ download
   not enough free space for --size          refused before any work
   disk fills up mid-download (no length)    refused naming the file; no zip, no manifest
   file size limit while copying the zip     incomplete copy removed, no output folder left
+prepare
+  --output-dir is a file / below a file     refused before any work, the file untouched
+  no images, zip without its manifest       refused, no output folder left behind
+  unknown class, --train-shards 0           refused before any work
+  no sample kept (no annotations folder)    refused with the reasons; an earlier output kept
+  disk fills up (first run, rerun)          refused naming the shard; none of the run's shards
+                                            left, nor its folder; an earlier output kept
+  rerun killed (SIGKILL) midway             the earlier output still read, labels included;
+                                            the next run removes what the killed one left
+train
+  labels.txt naming other classes than      refused before any work (as many classes: the
+  stats.json                                masks alone would pass)
+  --fine-tune-from a truncated weights file refused naming the file; no model folder written
+  --fine-tune-from weights of other classes refused in one short line (no weight values);
+  (no config.json beside them)              no model folder written
+evaluate
+  no weights, truncated weights             refused naming the file; no output folder left
+  config.json not JSON                      refused; no output folder left
+  config.json edited to other classes       refused: the labels differ from the data's, or
+                                            (data of those classes) the weights do not fit
+export
+  --model-dir missing                       refused before any work, no output folder left
+  incomplete model folder, bad options,     refused before any work, nothing written (in
+  output folder holding other files         process: test_export.py, test_export_folder.py)
+  rerun killed (SIGKILL) at its first file  the earlier export untouched; upload accepts it
+upload
+  no export.json, a listed file gone        refused, nothing uploaded
+  a file truncated, no Core ML model        refused, nothing uploaded
+  --model-dir of a model with other labels  refused, nothing uploaded
+  Cloud Storage unreachable, --deadline 3   each retry logged with the time left; gives up
+                                            within the deadline
+  --output-uris FILE under umask 022        written with mode 0644
+  --deadline 0 / -1 / soon                  refused while parsing arguments
+  no export dir, s3://, bad bucket name     refused, nothing uploaded
+  bucket missing                            refused, nothing uploaded
 executor input
   not JSON, [1, 2], {}, no outputFile       refused in well under a second, before any work
   artifact without uri / empty / not list   refused in well under a second, before any work
@@ -50,6 +86,9 @@ import io
 import json
 import os
 import resource
+import shutil
+import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,8 +98,10 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from http_fixtures import FileServer
+from test_data_folder import folder_files
 
-from image_segmentation import ade20k, synthetic
+from image_segmentation import ade20k, cli, data_folder, labels, model_folder, synthetic
+from image_segmentation.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = ade20k.ARCHIVE_NAME
@@ -457,6 +498,465 @@ def test_a_file_size_limit_while_copying_into_the_output(dataset_zip, tmp_path):
     assert_refused(result, f"cannot write {out / ARCHIVE}: File too large (", alone=False)
     assert f" free in {out}, {size} needed); free some space" in result.stderr
     assert not out.exists()  # the incomplete copy was removed, then the folder it made
+
+
+# --- prepare ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ade_folder(tmp_path_factory) -> Path:
+    """A tiny generated ADEChallengeData2016 folder: 3 training and 2 validation samples."""
+    root = tmp_path_factory.mktemp("ade")
+    return synthetic.generate_ade20k(root, num_train=3, num_val=2, sizes=((48, 64),))
+
+
+@pytest.fixture(scope="module")
+def big_ade_folder(tmp_path_factory) -> Path:
+    """8 + 2 samples of 480x640: about 1 MB of shards, more than a small disk holds."""
+    root = tmp_path_factory.mktemp("big-ade")
+    return synthetic.generate_ade20k(root, num_train=8, num_val=2, sizes=((480, 640),))
+
+
+@pytest.fixture(scope="module")
+def many_samples(ade_folder, tmp_path_factory) -> Path:
+    """ade_folder's samples copied 60 times over: 300 samples, most of a second of work."""
+    dataset = tmp_path_factory.mktemp("many") / ade20k.DATASET_DIR
+    for split, prefix in ade20k.SPLIT_PREFIX.items():
+        for kind, suffix in (("images", "jpg"), ("annotations", "png")):
+            (dataset / kind / split).mkdir(parents=True)
+            sources = sorted((ade_folder / kind / split).glob(f"*.{suffix}"))
+            for number in range(60 * len(sources)):
+                target = dataset / kind / split / f"{prefix}_{number:08d}.{suffix}"
+                shutil.copyfile(sources[number % len(sources)], target)
+    return dataset
+
+
+def prepare(dataset: Path, out: Path, *args: str, **options) -> subprocess.CompletedProcess:
+    """The prepare stage from `dataset` into `out`, on one worker."""
+    return run_stage(
+        "prepare", "--dataset-dir", str(dataset), "--output-dir", str(out), "--workers", "1",
+        *args, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("file", "--output-dir {path} is a file, not a folder"),
+        ("file/out", "cannot create --output-dir {path}: Not a directory"),
+    ],
+)
+def test_prepare_into_a_file_is_refused_before_any_work(ade_folder, tmp_path, where, words):
+    (tmp_path / "file").write_text("someone's notes")
+    path = tmp_path / where
+    assert_refused(prepare(ade_folder, path), words.format(path=path))
+    assert os.listdir(tmp_path) == ["file"] and (tmp_path / "file").read_text() == "someone's notes"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "args", "words"),
+    [
+        ("empty", [], "no images in {dataset} under images/training/ or images/validation/"),
+        ("zip without manifest", [], "no manifest.json: the download stage did not finish"),
+        ("ade", ["--whitelist", "persn|wall"], "unknown class 'persn'; did you mean 'person'"),
+        ("ade", ["--train-shards", "0"], "--train-shards and --val-shards must be at least 1"),
+    ],
+)
+def test_prepare_errors_before_writing_leave_no_folder(ade_folder, tmp_path, dataset, args, words):
+    folders = {"empty": tmp_path / "empty", "zip without manifest": tmp_path / "downloaded"}
+    source = folders.get(dataset, ade_folder)
+    for folder in folders.values():
+        folder.mkdir()
+    (tmp_path / "downloaded" / ARCHIVE).write_bytes(b"not checked yet")
+    assert_refused(
+        prepare(source, tmp_path / "out" / "prepared", *args), words.format(dataset=source)
+    )
+    assert sorted(os.listdir(tmp_path)) == ["downloaded", "empty"]
+
+
+def test_prepare_that_keeps_no_sample_fails_and_keeps_the_earlier_output(ade_folder, tmp_path):
+    """No annotations folder: every sample is skipped; exit 2 naming why, not a silent 0."""
+    unannotated = tmp_path / "unannotated" / ade20k.DATASET_DIR
+    shutil.copytree(ade_folder / "images", unannotated / "images")
+    out = tmp_path / "out"
+    words = (
+        "no sample kept: train: none of 3 kept (3 missing_annotation); "
+        "val: none of 2 kept (2 missing_annotation)"
+    )
+    result = prepare(unannotated, out)
+    assert_refused(result, words, alone=False)
+    assert "skipped ADE_train_00000001: missing_annotation" in result.stderr
+    assert "threshold" not in result.stderr.splitlines()[-1]
+    assert not out.exists()
+
+    prepare_dataset(ade_folder, out, workers=1)  # an earlier complete output
+    before, files = data_folder.read_prepared(out), folder_files(out)
+    assert_refused(prepare(unannotated, out, "--train-shards", "3"), words, alone=False)
+    assert folder_files(out) == files and data_folder.read_prepared(out) == before
+
+
+def test_prepare_on_a_full_disk_leaves_no_partial_shards(ade_folder, big_ade_folder, small_disk):
+    """A 256 KiB disk holds the small output, not the big one: a rerun that fills it fails with
+    one line and leaves the earlier output as it was; a first run leaves nothing."""
+    disk = small_disk("256k")
+    out = disk / "out"
+    prepare_dataset(ade_folder, out, workers=1)
+    before, files = data_folder.read_prepared(out), folder_files(out)
+    for target in (out, disk / "fresh"):
+        result = prepare(big_ade_folder, target, "--train-shards", "4")
+        assert_refused(result, f"cannot write {target}/", alone=False)
+        assert "No space left on device (" in result.stderr.splitlines()[-1]
+        assert "free some space or choose another folder, then run again" in result.stderr
+    assert os.listdir(disk) == ["out"]
+    assert folder_files(out) == files and data_folder.read_prepared(out) == before
+
+
+def test_prepare_killed_midway_through_a_rerun_leaves_the_earlier_output_readable(
+    many_samples, tmp_path
+):
+    """SIGKILL as soon as the rerun (other labels, other shards) has written a shard: the folder
+    still reads as the first run's output, and the next run removes what the killed one left."""
+    out = tmp_path / "out"
+    prepare_dataset(many_samples, out, "wall|floor|ceiling", threshold=0, workers=1)
+    before, files = data_folder.read_prepared(out), folder_files(out)
+    command = [sys.executable, "-m", "image_segmentation", "prepare", "--dataset-dir",
+               str(many_samples), "--output-dir", str(out), "--workers", "1",
+               "--train-shards", "12"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*.gen2.tfrecord")):
+            assert process.poll() is None and time.monotonic() < deadline, "the rerun ended"
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert data_folder.read_prepared(out) == before
+    assert folder_files(out).items() >= files.items()
+    assert {name for name in os.listdir(out) if name not in files}  # what the killed run left
+
+    prepare_dataset(many_samples, out, train_shards=12, workers=1)
+    after = data_folder.read_prepared(out)
+    assert len(after.labels) == 151 and after.records == before.records
+    shards = data_folder.shard_names("train", 12, 2) + data_folder.shard_names("val", 2, 2)
+    assert sorted(os.listdir(out)) == sorted(["labels.txt", "stats.json", *shards])
+
+
+# --- train ------------------------------------------------------------------------------------
+# The train and evaluate cases call the command's entry point, `cli.main`, in this process and
+# read its stderr at the file-descriptor level: in a subprocess each would spend ~10 s
+# importing TensorFlow. A failure other than a one-line refusal raises here instead.
+
+
+def refused_in_process(capfd, args: list[str], words: str, alone: bool = True) -> str:
+    """`assert_refused` for `cli.main(args)` run here; returns the error line."""
+    capfd.readouterr()
+    result = subprocess.CompletedProcess(args, cli.main(args), "", capfd.readouterr().err)
+    assert_refused(result, words, alone)
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def prepared_data(tmp_path_factory) -> Path:
+    """A prepared data folder of 4 classes: none, wall, floor, bed."""
+    from test_dataset import write_prepared  # TensorFlow: only these sections need it
+
+    return write_prepared(tmp_path_factory.mktemp("prepared"), num_train=4, num_val=2)
+
+
+def icnet_weights(path: Path, num_classes: int) -> Path:
+    """Untrained ICNet weights (64x64, alpha 0.25) of `num_classes` classes."""
+    from image_segmentation import icnet  # TensorFlow: only these sections need it
+
+    icnet.build_icnet(num_classes, (64, 64), alpha=0.25).save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, prepared_data) -> Path:
+    """A complete model folder for the prepared data's classes."""
+    names = labels.read_labels_file(prepared_data / "labels.txt")
+    folder = tmp_path_factory.mktemp("model")
+    model_folder.write_model_dir(
+        folder,
+        write_weights=lambda path: icnet_weights(path, len(names)),
+        config={
+            "labels": names,
+            "num_classes": len(names),
+            "image_size": [64, 64],
+            "alpha": 0.25,
+            "normalization": {"scale": 1 / 255, "offset": -0.5},
+        },
+        history=[],
+        training_metrics={},
+    )
+    return folder
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--data-dir", str(data), "--output-dir", str(out), "--image-size", "64",
+        "--alpha", "0.25", "--epochs", "1", "--steps-per-epoch", "1", *extra,
+    ]  # fmt: skip
+
+
+def half_of(path: Path, into: Path) -> Path:
+    """A copy of `path` cut off halfway, as an interrupted copy leaves it."""
+    into.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return into
+
+
+def test_labels_that_differ_from_the_stats_are_refused(prepared_data, tmp_path, capfd):
+    """As many classes as stats.json lists, one named otherwise: the mask check alone passes."""
+    data = tmp_path / "data"
+    shutil.copytree(prepared_data, data)
+    names = labels.read_labels_file(data / "labels.txt")
+    (data / "labels.txt").write_text(labels.format_labels_file([*names[:3], "sofa"]))
+    words = "does not match stats.json (class 3 is 'sofa', not 'bed')"
+    refused_in_process(capfd, train_args(data, tmp_path / "model"), words)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_truncated_fine_tune_weights_file_is_refused(
+    prepared_data, trained_model, tmp_path, capfd
+):
+    weights = half_of(trained_model / model_folder.WEIGHTS_FILE, tmp_path / "cut.weights.h5")
+    args = train_args(prepared_data, tmp_path / "model", "--fine-tune-from", str(weights))
+    refused_in_process(capfd, args, "cut.weights.h5 cannot be loaded: Unable to", alone=False)
+    assert not (tmp_path / "model" / model_folder.CONFIG_FILE).exists()
+
+
+def test_fine_tune_weights_of_other_classes_are_refused_in_a_short_line(
+    prepared_data, tmp_path, capfd
+):
+    """A bare weights file, with no config.json beside it to compare first: 5 classes for 4."""
+    weights = icnet_weights(tmp_path / "five.weights.h5", 5)
+    args = train_args(prepared_data, tmp_path / "model", "--fine-tune-from", str(weights))
+    line = refused_in_process(capfd, args, "five.weights.h5 cannot be loaded: ", alone=False)
+    assert "variable.shape=" in line and len(line) < 500, line
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / model_folder.CONFIG_FILE
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+FIVE_LABELS = ["none", "wall", "floor, flooring", "bed", "sofa"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ("no weights", "has no model.weights.h5: training did not finish"),
+        ("truncated weights", "cannot be loaded into the model config.json describes: Unable"),
+        ("config not JSON", "config.json is not valid JSON"),
+        ("config of other classes", "different labels: model has 5 classes, data 4"),
+        ("config and data of other classes", "variable.shape=(1, 1, 32, 5), Received: value"),
+    ],
+)
+def test_a_bad_model_folder_is_refused(
+    change, words, prepared_data, trained_model, tmp_path, capfd
+):
+    model, data = tmp_path / "model", prepared_data
+    shutil.copytree(trained_model, model)
+    weights = model / model_folder.WEIGHTS_FILE
+    if change == "no weights":
+        weights.unlink()
+    elif change == "truncated weights":
+        half_of(trained_model / model_folder.WEIGHTS_FILE, weights)
+    elif change == "config not JSON":
+        (model / model_folder.CONFIG_FILE).write_text('{"labels": ["none", ')
+    else:
+        edit_config(model, labels=FIVE_LABELS, num_classes=5)
+    if change == "config and data of other classes":
+        data = tmp_path / "data"  # a folder of 5 classes, whose masks use only the first 4
+        shutil.copytree(prepared_data, data)
+        stats = json.loads((data / "stats.json").read_text())
+        (data / "stats.json").write_text(json.dumps(stats | {"labels": FIVE_LABELS}))
+        (data / "labels.txt").write_text(labels.format_labels_file(FIVE_LABELS))
+    args = ["evaluate", "--model-dir", str(model), "--data-dir", str(data)]
+    line = refused_in_process(capfd, [*args, "--output-dir", str(tmp_path / "out")], words)
+    assert len(line) < 500, line
+    assert not (tmp_path / "out").exists()
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_to_export(tmp_path_factory) -> Path:
+    """A small model folder as the train stage writes it (test_export's helper, no training)."""
+    from test_export import LEGACY_NORMALIZATION, write_model_dir  # imports TensorFlow
+
+    return write_model_dir(tmp_path_factory.mktemp("trained") / "model", LEGACY_NORMALIZATION)
+
+
+def file_contents(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_export_with_a_bad_model_dir_leaves_no_output_folder(tmp_path):
+    """The other refusals (an incomplete model folder, bad option combinations, an output
+    folder holding other files) are checked in process by test_export.py and
+    test_export_folder.py: each run here costs a TensorFlow import."""
+    model, out = tmp_path / "missing", tmp_path / "out"
+    result = run_stage("export", "--model-dir", str(model), "--output-dir", str(out))
+    assert_refused(result, f"model dir {model} does not exist", alone=False)  # TF logs first
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_an_export_killed_midway_leaves_the_earlier_export_usable(
+    model_to_export, gcs_client, tmp_path
+):
+    """SIGKILL a rerun as soon as its first output file appears: the export is made in a
+    staging folder ($TMPDIR), so the earlier complete export is untouched and upload accepts
+    it."""
+    from test_upload import make_export  # stand-in files, named as `--model-name model` names them
+
+    out, staging_root = make_export(tmp_path), tmp_path / "tmp"
+    staging_root.mkdir()
+    before = file_contents(out)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(staging_root)}
+    rerun = subprocess.Popen(
+        [sys.executable, "-m", "image_segmentation", "export", "--model-dir", str(model_to_export),
+         "--output-dir", str(out), "--model-name", "model"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        give_up = time.monotonic() + 300
+        while not any(staging_root.rglob("*.tflite")) and (out / "export.json").exists():
+            assert rerun.poll() is None, "the export ended before writing any file"
+            assert time.monotonic() < give_up, "the export wrote no file in 300 s"
+            time.sleep(0.02)
+    finally:
+        rerun.kill()
+        rerun.wait()
+    assert rerun.returncode == -signal.SIGKILL
+    assert any(staging_root.rglob("model.tflite"))  # its first file, in its staging folder
+    assert file_contents(out) == before
+    gcs_client.create_bucket("published")
+    result = upload_stage(out)
+    assert result.returncode == 0, result.stderr
+    assert gcs_client.bucket("published").get_blob("seg/icnet/1/manifest.json") is not None
+
+
+# --- upload -----------------------------------------------------------------------------------
+
+
+def upload_stage(export_dir: Path, *args: str, destination: str = "gs://published/seg", **options):
+    """The upload stage of `export_dir` as version 1 of model icnet under `destination`."""
+    return run_stage(
+        "upload", "--export-dir", str(export_dir), "--destination", destination,
+        "--model-name", "icnet", "--version", "1", *args, **options,
+    )  # fmt: skip
+
+
+def fake_export(root: Path) -> Path:
+    """A complete export of stand-in files (test_upload's helper): no TensorFlow needed."""
+    from test_upload import make_export
+
+    return make_export(root)
+
+
+def without_core_ml(export: Path) -> None:
+    """Remove the Core ML model and record what is left, as if the export never wrote it."""
+    from test_upload import EXPORT_NAMES, record_export
+
+    shutil.rmtree(export / "model.mlpackage")
+    record_export(export, EXPORT_NAMES[1:])
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda d: (d / "export.json").unlink(), "has no export.json: the export did not finish"),
+        (lambda d: (d / "model_fp16.tflite").unlink(), "model_fp16.tflite is missing"),
+        (lambda d: os.truncate(d / "model.tflite", 4000), "model.tflite is 4000 bytes, not 9000"),
+        (without_core_ml, "does not list a complete model export (mlprogram, with TFLite): no "
+                          "model.mlpackage"),
+    ],
+    ids=["no export.json", "a listed file gone", "a file truncated", "no Core ML model"],
+)  # fmt: skip
+def test_upload_refuses_an_incomplete_export(gcs_client, tmp_path, damage, words):
+    gcs_client.create_bucket("published")
+    export = fake_export(tmp_path)
+    damage(export)
+    assert_refused(upload_stage(export), words)
+    assert list(gcs_client.list_blobs("published")) == []
+
+
+def test_upload_refuses_the_export_of_another_model(gcs_client, tmp_path):
+    """--model-dir names the model the manifest describes: its labels must be the export's."""
+    from test_upload import make_model_dir
+
+    gcs_client.create_bucket("published")
+    export = fake_export(tmp_path)
+    fewer = make_model_dir(tmp_path / "fewer", ["none", "sofa", "lamp"])
+    result = upload_stage(export, "--model-dir", str(fewer))
+    assert_refused(result, f"the export was not made from {fewer}: 4 labels in the export, 3 in")
+    renamed = make_model_dir(tmp_path / "renamed", ["none", "wall", "floor", "sofa"])
+    result = upload_stage(export, "--model-dir", str(renamed))
+    assert_refused(result, "label 3 is 'bed' in the export, 'sofa' in the model; pass the model")
+    assert list(gcs_client.list_blobs("published")) == []
+
+
+def test_upload_gives_up_on_unreachable_storage_within_its_deadline(tmp_path):
+    export = fake_export(tmp_path)
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STORAGE_EMULATOR_HOST": nothing_listens}
+    started = time.monotonic()
+    result = upload_stage(export, "--deadline", "3", env=env)
+    assert time.monotonic() - started < 3 + 5  # the deadline plus starting Python
+    words = "gave up on gs://published/seg: Timeout of 3.0s exceeded; last error: [Errno 111] "
+    assert_refused(result, words + "Connection refused", alone=False)
+    failed = "Cloud Storage request failed ([Errno 111] Connection refused); "
+    left = [
+        float(line.split(failed)[1].split(" s left")[0])
+        for line in result.stderr.splitlines()
+        if failed in line
+    ]
+    assert len(left) >= 2 and left == sorted(left, reverse=True) and left[0] <= 3.0
+
+
+def test_upload_writes_its_output_uris_with_normal_permissions(gcs_client, tmp_path):
+    gcs_client.create_bucket("published")
+    uris = tmp_path / "outputs" / "uris.json"
+    result = upload_stage(
+        fake_export(tmp_path), "--output-uris", str(uris), preexec_fn=lambda: os.umask(0o022)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(uris.read_text())["manifest"] == "gs://published/seg/icnet/1/manifest.json"
+    assert stat.S_IMODE(uris.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_upload_refuses_a_bad_deadline(tmp_path, value):
+    result = upload_stage(tmp_path / "export", "--deadline", value)
+    words = f"argument --deadline: must be a number of seconds above 0, got {value!r}"
+    assert_refused(result, words)
+
+
+@pytest.mark.parametrize(
+    ("where", "destination", "words"),
+    [
+        ("missing", "gs://published/seg", "export dir {export} does not exist or is not a folder"),
+        ("export", "s3://published/seg", "not a gs:// URI: 's3://published/seg'"),
+        ("export", "gs://b/seg", "bad bucket name 'b' in 'gs://b/seg'"),
+        ("export", "gs://no-such-bucket/seg", "bucket gs://no-such-bucket does not exist"),
+    ],
+)
+def test_upload_refuses_bad_input_before_uploading(gcs_client, tmp_path, where, destination, words):
+    gcs_client.create_bucket("published")
+    fake_export(tmp_path)
+    export = tmp_path / where
+    assert_refused(upload_stage(export, destination=destination), words.format(export=export))
+    assert list(gcs_client.list_blobs("published")) == []
 
 
 # --- executor input ---------------------------------------------------------------------------

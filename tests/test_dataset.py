@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_data_folder import write_folder
 
-from image_segmentation import dataset, labels, records, synthetic
-from image_segmentation.errors import StageError
+from image_segmentation import data_folder, dataset, labels, records, synthetic
 
 WHITELIST = "wall|floor|bed"  # 4 output classes with none; synthetic draws these and "building"
 ADE_CLASSES = (1, 4, 8, 2)
@@ -32,24 +32,18 @@ def write_prepared(
     shards: int = 2,
     seed: int = 0,
 ) -> Path:
-    """A prepare-stage output dir: shards of generated samples whose classes differ by colour
-    and texture, and labels.txt."""
-    out.mkdir(parents=True, exist_ok=True)
+    """A complete prepare-stage output dir, written through data_folder: shards of generated
+    samples whose classes differ by colour and texture, labels.txt and stats.json."""
     whitelist = labels.parse_whitelist(WHITELIST)
     table = whitelist.lookup_table()
     rng = np.random.default_rng(seed)
+    contents = {}
     for split, count in (("train", num_train), ("val", num_val)):
-        writers = [
-            records.TFRecordWriter(out / f"{split}-{i:05d}-of-{shards:05d}.tfrecord")
-            for i in range(shards)
-        ]
+        contents[split] = [[] for _ in range(shards)]
         for number in range(count):
             image, ade_mask = synthetic.render_sample(rng, *size, ADE_CLASSES)
-            writers[number % shards].write(encode(image, table[ade_mask]))
-        for writer in writers:
-            writer.close()
-    (out / "labels.txt").write_text(labels.format_labels_file(whitelist.labels))
-    return out
+            contents[split][number % shards].append(encode(image, table[ade_mask]))
+    return write_folder(out, contents, list(whitelist.labels))
 
 
 def sample(seed: int = 0, size: tuple[int, int] = (60, 90)) -> tuple[np.ndarray, np.ndarray]:
@@ -69,18 +63,6 @@ def test_parse_example_reads_both_mask_formats(rgb_mask):
     reference = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
     # Same JPEG: libjpeg settings differ (IDCT, chroma upsampling) by a level or two.
     assert np.abs(parsed_image.numpy().astype(int) - reference).mean() < 3
-
-
-def test_shards_are_listed_counted_and_checked(tmp_path):
-    write_prepared(tmp_path, num_train=7, num_val=3, shards=3)
-    train = dataset.list_shards(tmp_path, "train")
-    assert [p.name for p in train] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
-    assert dataset.count_records(train) == 7
-    assert dataset.count_records(dataset.list_shards(tmp_path, "val")) == 3
-    train[1].unlink()
-    with pytest.raises(StageError, match="incomplete or mixed train shards"):
-        dataset.list_shards(tmp_path, "train")
-    assert dataset.list_shards(tmp_path / "nothing-here", "val") == []
 
 
 def flat_sample() -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +136,7 @@ def test_validation_view_is_deterministic_centre_crop():
 def test_validation_batches_cover_every_record_once(tmp_path):
     write_prepared(tmp_path, num_train=2, num_val=11, shards=3)
     data = dataset.make_dataset(
-        dataset.list_shards(tmp_path, "val"), (32, 32), batch_size=4, training=False
+        data_folder.list_shards(tmp_path, "val"), (32, 32), batch_size=4, training=False
     )
     batches = list(data)
     assert [int(images.shape[0]) for images, _ in batches] == [4, 4, 3]
@@ -169,7 +151,7 @@ def test_training_batches_carry_one_target_per_output(tmp_path):
     write_prepared(tmp_path, num_train=5, num_val=1)
     sizes = {"conv6_cls": (16, 16), "sub24_out": (8, 8), "sub4_out": (4, 4)}
     data = dataset.make_dataset(
-        dataset.list_shards(tmp_path, "train"),
+        data_folder.list_shards(tmp_path, "train"),
         (64, 64),
         batch_size=4,
         training=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from http_fixtures import FileServer
 
-from image_segmentation import ade20k, download, synthetic
+from image_segmentation import ade20k, download, fetch, synthetic
 from image_segmentation.errors import StageError
 
 ARCHIVE = "ADEChallengeData2016.zip"
@@ -43,7 +43,7 @@ def server(dataset_zip):
     server.stop()
 
 
-def fetch(server: FileServer, out: Path, dataset_zip, **options) -> Path:
+def download_zip(server: FileServer, out: Path, dataset_zip, **options) -> Path:
     options = {"retries": 2, "backoff": 0.01, "timeout": 10.0, **options}
     sha1, size = options.pop("sha1", dataset_zip[3]), options.pop("size", len(dataset_zip[2]))
     return download.download_dataset(server.url + ZIP_PATH, out, sha1, size, **options)
@@ -76,7 +76,7 @@ def assert_nothing_written(out: Path) -> None:
 
 
 def test_full_download(server, dataset_zip, tmp_path):
-    archive = fetch(server, tmp_path / "out", dataset_zip)
+    archive = download_zip(server, tmp_path / "out", dataset_zip)
     assert archive == tmp_path / "out" / ARCHIVE
     manifest = assert_complete(tmp_path / "out", dataset_zip)
     assert manifest["source"] == server.url + ZIP_PATH
@@ -86,7 +86,7 @@ def test_full_download(server, dataset_zip, tmp_path):
 def test_resumes_after_a_cut_connection(server, dataset_zip, tmp_path):
     cut = len(dataset_zip[2]) // 2
     server.behaviour.cut_after = [cut]
-    fetch(server, tmp_path / "out", dataset_zip)
+    download_zip(server, tmp_path / "out", dataset_zip)
     assert [(seen.range, seen.status) for seen in server.behaviour.seen] == [
         (None, 200),
         (f"bytes={cut}-", 206),
@@ -99,12 +99,12 @@ def test_a_killed_run_is_continued_by_the_next(server, dataset_zip, tmp_path):
     cut = len(dataset_zip[2]) // 3
     server.behaviour.cut_after = [cut]
     with pytest.raises(StageError, match=f"run again to resume from byte {cut}"):
-        fetch(server, out, dataset_zip, retries=0)
+        download_zip(server, out, dataset_zip, retries=0)
     partial = out / f"{ARCHIVE}.partial"
     assert partial.read_bytes() == dataset_zip[2][:cut]
     assert_nothing_written(out)
 
-    fetch(server, out, dataset_zip)
+    download_zip(server, out, dataset_zip)
     assert [(seen.range, seen.status) for seen in server.behaviour.seen[1:]] == [
         (f"bytes={cut}-", 206)
     ]
@@ -117,11 +117,11 @@ def test_archive_dir_keeps_the_partial_download_out_of_the_output(server, datase
     cut = len(dataset_zip[2]) // 3
     server.behaviour.cut_after = [cut]
     with pytest.raises(StageError, match="run again to resume"):
-        fetch(server, out, dataset_zip, retries=0, archive_dir=scratch)
+        download_zip(server, out, dataset_zip, retries=0, archive_dir=scratch)
     assert [path.name for path in scratch.iterdir()] == [f"{ARCHIVE}.partial"]
     assert not out.exists()  # made by the run, left empty, so removed
 
-    fetch(server, out, dataset_zip, archive_dir=scratch)
+    download_zip(server, out, dataset_zip, archive_dir=scratch)
     assert server.behaviour.seen[-1].range == f"bytes={cut}-"
     assert_complete(out, dataset_zip)
     assert list(scratch.iterdir()) == []  # the copy in the output is the only one
@@ -138,7 +138,7 @@ def test_on_a_fuse_mount_the_default_archive_dir_is_a_local_temporary_folder(tmp
 def test_a_stalled_download_is_resumed(server, dataset_zip, tmp_path):
     """A byte every 50 ms never hits the socket timeout, but is too slow: retried from there."""
     server.behaviour.trickle = [0.05]
-    fetch(server, tmp_path / "out", dataset_zip, timeout=0.5)
+    download_zip(server, tmp_path / "out", dataset_zip, timeout=0.5)
     first, second = server.behaviour.seen
     assert (first.range, first.status, second.status) == (None, 200, 206)
     assert second.range.startswith("bytes=") and second.range != "bytes=0-"
@@ -149,7 +149,7 @@ def test_a_server_that_only_trickles_is_given_up(server, dataset_zip, tmp_path):
     """Each stalled attempt receives a few bytes, yet counts as a failure."""
     server.behaviour.trickle = [0.05] * 3
     with pytest.raises(StageError, match="failed 2 times in a row, last: download stalled"):
-        fetch(server, tmp_path / "out", dataset_zip, timeout=0.3, retries=1)
+        download_zip(server, tmp_path / "out", dataset_zip, timeout=0.3, retries=1)
     assert len(server.behaviour.seen) == 2
 
 
@@ -158,7 +158,7 @@ def test_server_that_ignores_range_means_starting_over(server, dataset_zip, tmp_
     out.mkdir()
     (out / f"{ARCHIVE}.partial").write_bytes(b"garbage from another file")
     server.behaviour.ignore_range = True
-    fetch(server, out, dataset_zip)
+    download_zip(server, out, dataset_zip)
     assert [(seen.range, seen.status) for seen in server.behaviour.seen] == [
         (f"bytes={len(b'garbage from another file')}-", 200)
     ]
@@ -167,7 +167,7 @@ def test_server_that_ignores_range_means_starting_over(server, dataset_zip, tmp_
 
 def test_retries_503_then_succeeds(server, dataset_zip, tmp_path):
     server.behaviour.fail_statuses = [503, 429]
-    fetch(server, tmp_path / "out", dataset_zip)
+    download_zip(server, tmp_path / "out", dataset_zip)
     assert [seen.status for seen in server.behaviour.seen] == [503, 429, 200]
     assert_complete(tmp_path / "out", dataset_zip)
 
@@ -175,7 +175,7 @@ def test_retries_503_then_succeeds(server, dataset_zip, tmp_path):
 def test_gives_up_after_bounded_retries(server, dataset_zip, tmp_path):
     server.behaviour.fail_statuses = [503] * 10
     with pytest.raises(StageError, match="failed 3 times in a row, last: HTTP 503"):
-        fetch(server, tmp_path / "out", dataset_zip, retries=2)
+        download_zip(server, tmp_path / "out", dataset_zip, retries=2)
     assert len(server.behaviour.seen) == 3
     assert_nothing_written(tmp_path / "out")
 
@@ -191,14 +191,14 @@ def test_bad_checksum_writes_nothing_and_deletes_the_download(server, dataset_zi
     with pytest.raises(
         StageError, match=f"SHA-1 .* is {dataset_zip[3]}, expected 0{{40}}.*deleted"
     ):
-        fetch(server, out, dataset_zip, sha1="0" * 40)
+        download_zip(server, out, dataset_zip, sha1="0" * 40)
     assert not out.exists()
 
 
 def test_wrong_size_fails_before_the_body_is_read(server, dataset_zip, tmp_path):
     size = len(dataset_zip[2]) + 1
     with pytest.raises(StageError, match=f"is {size - 1} bytes, expected {size}"):
-        fetch(server, tmp_path / "out", dataset_zip, size=size)
+        download_zip(server, tmp_path / "out", dataset_zip, size=size)
     assert len(server.behaviour.seen) == 1
     assert_nothing_written(tmp_path / "out")
 
@@ -250,10 +250,10 @@ def test_archive_without_the_layout_is_refused(dataset_zip, tmp_path):
 
 def test_second_run_does_no_work(server, dataset_zip, tmp_path, caplog):
     out = tmp_path / "out"
-    fetch(server, out, dataset_zip)
+    download_zip(server, out, dataset_zip)
     manifest = (out / "manifest.json").read_text()
     with caplog.at_level(logging.INFO, logger="image_segmentation.download"):
-        assert fetch(server, out, dataset_zip) == out / ARCHIVE
+        assert download_zip(server, out, dataset_zip) == out / ARCHIVE
     assert "nothing to do" in caplog.text
     assert len(server.behaviour.seen) == 1
     assert (out / "manifest.json").read_text() == manifest
@@ -278,7 +278,7 @@ def test_an_output_this_stage_did_not_make_is_left_alone(
     (out / "manifest.json").write_text(manifest.replace("SHA1", dataset_zip[3]))
     (out / ARCHIVE).write_bytes(b"someone's data")
     with pytest.raises(StageError, match=rf"{error}.*; remove .*manifest\.json to download again"):
-        fetch(server, out, dataset_zip)
+        download_zip(server, out, dataset_zip)
     assert server.behaviour.seen == []
     assert foreign.is_dir() and (out / ARCHIVE).read_bytes() == b"someone's data"
 
@@ -288,7 +288,7 @@ def test_a_zip_left_without_manifest_is_replaced(server, dataset_zip, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ARCHIVE).write_bytes(dataset_zip[2][:100])
-    fetch(server, out, dataset_zip, archive_dir=tmp_path / "scratch")
+    download_zip(server, out, dataset_zip, archive_dir=tmp_path / "scratch")
     assert_complete(out, dataset_zip)
 
 
@@ -319,9 +319,9 @@ def test_local_file_already_in_the_output_is_kept_in_place(dataset_zip, tmp_path
 
 def test_signed_url_secrets_stay_out_of_the_manifest():
     url = "https://user:pw@storage.example.com:8443/b/ADE.zip?X-Goog-Signature=secret"
-    assert download.public_source(url) == "https://storage.example.com:8443/b/ADE.zip"
+    assert fetch.public_source(url) == "https://storage.example.com:8443/b/ADE.zip"
     with pytest.raises(StageError, match="unsupported source"):
-        download.source_kind("ftp://example.com/ADE.zip")
+        fetch.source_kind("ftp://example.com/ADE.zip")
 
 
 def test_sha1_and_size_options():

@@ -10,17 +10,20 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from test_data_folder import write_folder
 
 from image_segmentation import (
     cli,
+    data_folder,
     dataset,
     evaluate,
+    evaluator,
     icnet,
-    labels,
     metrics,
     model_folder,
     records,
     report,
+    scoring,
 )
 from image_segmentation.errors import StageError
 
@@ -53,24 +56,20 @@ def make_masks(seed: int = 0) -> list[np.ndarray]:
 
 
 def write_data_dir(path, masks, class_labels=LABELS):
-    """A prepare-stage output: labels.txt and two val shards of JPEG images + PNG masks."""
-    path.mkdir(parents=True, exist_ok=True)
-    whitelist = labels.Whitelist(tuple(class_labels), tuple((i,) for i in range(len(class_labels))))
-    (path / "labels.txt").write_text(labels.format_labels_file(whitelist.labels))
-    for shard, chunk in enumerate((masks[:3], masks[3:])):
-        with records.TFRecordWriter(path / f"val-{shard:05d}-of-00002.tfrecord") as writer:
-            for number, mask in enumerate(chunk):
-                height, width = mask.shape
-                writer.write(
-                    records.segmentation_example(
-                        encode(COLORS[mask], "JPEG"),
-                        f"val_{shard}_{number}.jpg",
-                        height,
-                        width,
-                        encode(mask, "PNG"),
-                    )
-                )
-    return path
+    """A prepare-stage output: two val shards of JPEG images + PNG masks, no train records."""
+    val = [
+        [
+            records.segmentation_example(
+                encode(COLORS[mask], "JPEG"),
+                f"val_{shard}_{number}.jpg",
+                *mask.shape,
+                encode(mask, "PNG"),
+            )
+            for number, mask in enumerate(chunk)
+        ]
+        for shard, chunk in enumerate((masks[:3], masks[3:]))
+    ]
+    return write_folder(path, {"train": [], "val": val}, class_labels)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +169,7 @@ def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_fi
 
 @pytest.mark.slow
 def test_max_images_scores_only_the_first_records(tmp_path, data_dir, model_dir, masks):
-    result = evaluate.evaluate(model_dir, data_dir, tmp_path, max_images=2, report_images=0)
+    result = evaluator.evaluate(model_dir, data_dir, tmp_path, max_images=2, report_images=0)
     n0, n1, n2 = class_counts(masks[:2])
     assert result["images"] == 2
     assert result["confusion_matrix"] == [[0, n0, 0], [0, n1, 0], [0, n2, 0]]
@@ -181,26 +180,25 @@ def test_max_images_scores_only_the_first_records(tmp_path, data_dir, model_dir,
 def test_labels_of_model_and_data_must_agree(tmp_path, model_dir, masks):
     other = write_data_dir(tmp_path / "data", masks, ["none", "red thing", "blue thing"])
     with pytest.raises(StageError, match="different labels: class 2: model 'green thing'"):
-        evaluate.evaluate(model_dir, other, tmp_path / "out")
+        evaluator.evaluate(model_dir, other, tmp_path / "out")
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_missing_inputs_are_clear_errors(tmp_path, data_dir, model_dir):
     with pytest.raises(StageError, match=r"model dir .* does not exist"):
-        evaluate.evaluate(tmp_path / "nope", data_dir, tmp_path / "out")
+        evaluator.evaluate(tmp_path / "nope", data_dir, tmp_path / "out")
     with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
-        evaluate.evaluate(data_dir, data_dir, tmp_path / "out")  # not a model folder
+        evaluator.evaluate(data_dir, data_dir, tmp_path / "out")  # not a model folder
     with pytest.raises(StageError, match=r"data dir .* does not exist"):
-        evaluate.evaluate(model_dir, tmp_path / "nope", tmp_path / "out")
+        evaluator.evaluate(model_dir, tmp_path / "nope", tmp_path / "out")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(StageError, match=r"no labels\.txt"):
-        evaluate.evaluate(model_dir, empty, tmp_path / "out")
-    (empty / "labels.txt").write_text((data_dir / "labels.txt").read_text())
-    with pytest.raises(StageError, match="no validation shards"):
-        evaluate.evaluate(model_dir, empty, tmp_path / "out")
+    with pytest.raises(StageError, match=r"no stats\.json: prepare did not finish there"):
+        evaluator.evaluate(model_dir, empty, tmp_path / "out")
+    with pytest.raises(StageError, match="no val records"):
+        evaluator.evaluate(model_dir, write_data_dir(empty, masks=[]), tmp_path / "out")
     with pytest.raises(StageError, match="--max-images"):
-        evaluate.evaluate(model_dir, data_dir, tmp_path / "out", max_images=0)
+        evaluator.evaluate(model_dir, data_dir, tmp_path / "out", max_images=0)
 
 
 def test_cli_reports_a_bad_input_as_one_line(tmp_path, data_dir, capsys):
@@ -227,10 +225,10 @@ def colour_model() -> keras.Model:
 
 
 def test_predictions_are_upsampled_to_each_annotation_in_the_right_orientation(data_dir, masks):
-    batches = evaluate.validation_batches(
-        dataset.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, None
+    batches = evaluator.validation_batches(
+        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, None
     )
-    confusion, examples, seen = evaluate.evaluate_model(colour_model(), batches, 3, 5, 2)
+    confusion, examples, seen = evaluator.evaluate_model(colour_model(), batches, 3, 5, 2)
     assert seen == 5 and confusion.sum() == sum(mask.size for mask in masks)
     # only pixels near region borders may be wrong (4x pooling, resize to 64x64 and back)
     assert np.trace(confusion) / confusion.sum() > 0.9
@@ -240,19 +238,22 @@ def test_predictions_are_upsampled_to_each_annotation_in_the_right_orientation(d
 
 
 def test_a_mask_value_beyond_the_labels_is_refused(data_dir):
-    batches = evaluate.validation_batches(
-        dataset.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, 1
+    batches = evaluator.validation_batches(
+        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, 1
     )
     with pytest.raises(StageError, match="mask value 2, but the labels list only 2 classes"):
-        evaluate.evaluate_model(colour_model(), batches, 2, 1, 0)
+        evaluator.evaluate_model(colour_model(), batches, 2, 1, 0)
 
 
-def test_predict_at_upsamples_bilinearly_then_takes_the_argmax():
-    probabilities = np.zeros((2, 4, 3), np.float32)  # left half class 1, right half class 2
-    probabilities[:, :2, 1] = probabilities[:, 2:, 2] = 1.0
-    predicted = evaluate.predict_at(probabilities, 6, 12)
-    assert predicted.shape == (6, 12)
-    assert (predicted[:, :6] == 1).all() and (predicted[:, 6:] == 2).all()
+def test_scoring_upsamples_bilinearly_takes_the_argmax_and_counts_annotated_pixels():
+    probabilities = np.zeros((1, 2, 4, 3), np.float32)  # left half class 1, right half class 2
+    probabilities[:, :, :2, 1] = probabilities[:, :, 2:, 2] = 1.0
+    masks = np.full((1, 6, 12), 2, np.uint8)
+    masks[:, 0] = dataset.IGNORE  # an unannotated row
+    predicted, confusion = scoring.score(probabilities, masks, 3)
+    assert predicted.shape == (1, 6, 12)
+    assert (predicted[0, :, :6] == 1).numpy().all() and (predicted[0, :, 6:] == 2).numpy().all()
+    assert confusion.numpy().tolist() == [[0, 0, 0], [0, 0, 0], [0, 30, 30]]
 
 
 def test_kfp_confusion_matrix_refuses_a_mismatched_matrix():

@@ -6,7 +6,9 @@ means something.
 """
 
 import json
+import os
 import re
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,7 +160,7 @@ def test_tflite_matches_keras_on_the_real_images(default_export, model_dir):
 
 
 @pytest.mark.slow
-def test_export_json_lists_files_and_feeds_the_upload_stage(default_export):
+def test_export_json_lists_files_and_feeds_the_upload_stage(default_export, model_dir):
     output, result = default_export
     assert json.loads((output / "export.json").read_text()) == result
     assert set(result["files"]) == {
@@ -175,12 +177,30 @@ def test_export_json_lists_files_and_feeds_the_upload_stage(default_export):
         f"{i}\t{label}" for i, label in enumerate(LABELS)
     ]
     assert export_folder.require_complete(output) == result
-    info = upload.model_info(output, model_dir=None)
+    info = upload.model_info(result, None)
     assert info["labels"] == LABELS
     assert info["metrics"] == METRICS
     assert "labels" not in info["config"] and info["config"]["alpha"] == 0.25
+    assert upload.model_info(result, model_dir) == info  # the model it was made from
     assert result["output"] == {"kind": "probabilities", "name": "probabilities",
                                 "shape": [1, 32, 32, 4]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_exported_files_have_the_permissions_the_umask_gives(default_export):
+    """coremltools saves an .mlpackage with private parts (0700 folders, 0600 files): export
+    copies them anew, so the whole export is as readable as any other output."""
+    output, _ = default_export
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {
+        path.relative_to(output).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for path in output.rglob("*")
+    }
+    assert {"export.json", "icnet.mlpackage/Data/com.apple.CoreML/weights"} <= modes.keys()
+    assert modes == {
+        name: (0o777 if (output / name).is_dir() else 0o666) & ~umask for name in modes
+    }
 
 
 @pytest.mark.slow
@@ -328,7 +348,7 @@ def test_bad_model_directories_are_refused(model_dir, tmp_path):
         export.export_model(incomplete, out, export.ExportOptions())
     other_alpha = write_model_dir(tmp_path / "alpha", LEGACY_NORMALIZATION, alpha=0.5)
     (other_alpha / model_folder.CONFIG_FILE).write_text(json.dumps(config))  # claims alpha 0.25
-    with pytest.raises(StageError, match=re.escape("does not fit the model config.json describes")):
+    with pytest.raises(StageError, match=r"cannot be loaded into the model config\.json describes"):
         export.export_model(other_alpha, out, export.ExportOptions())
     assert not out.exists()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from http_fixtures import FileServer
 
-from image_segmentation import ade20k, synthetic
+from image_segmentation import ade20k, data_folder, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT_VARIABLE = "REFUSE_FOLDER_RENAMES_UNDER"
@@ -176,6 +176,24 @@ def test_prepare_reads_the_zip_and_writes_only_shards_labels_and_stats(mount, pr
         "val-00000-of-00001.tfrecord",
     ]
     print(f"\nprepare artifact: {len(files_in(prepared))} files")
+
+
+def test_a_rerun_of_prepare_replaces_its_output_in_place(mount, downloaded):
+    """A rerun writes a new generation of shards beside the first and then deletes the first:
+    no folder is renamed."""
+    output = mount.root / "prepare" / "rerun"
+    for train_shards in (2, 3):
+        mount.stage(
+            "prepare",
+            "--dataset-dir", downloaded,
+            "--output-dir", output,
+            "--train-shards", train_shards,
+            "--val-shards", 1,
+            "--workers", 1,
+        )  # fmt: skip
+    assert mount.refused("prepare") == []
+    shards = data_folder.shard_names("train", 3, 2) + data_folder.shard_names("val", 1, 2)
+    assert files_in(output) == ["labels.txt", "stats.json", *shards]
 
 
 @pytest.mark.slow

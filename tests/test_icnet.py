@@ -68,7 +68,7 @@ def hand_count(alpha, num_classes, size) -> tuple[int, int]:
 @pytest.mark.parametrize(
     ("size", "alpha"), [((256, 256), 1.0), ((256, 256), 0.25), ((256, 512), 1.0), ((96, 160), 0.25)]
 )
-def test_outputs_are_probabilities_at_s4_s8_s16(size, alpha):
+def test_outputs_are_logits_at_s4_s8_s16_and_inference_gives_probabilities(size, alpha):
     model = icnet.build_icnet(num_classes=4, image_size=size, alpha=alpha)
     image = np.random.default_rng(0).uniform(-0.5, 0.5, (1, *size, 3)).astype("float32")
     outputs = model(image, training=False)
@@ -81,7 +81,9 @@ def test_outputs_are_probabilities_at_s4_s8_s16(size, alpha):
     }
     for out in outputs.values():
         assert out.dtype == "float32"
-        np.testing.assert_allclose(np.sum(out, axis=-1), 1.0, atol=1e-5)
+        assert not np.allclose(np.sum(out, axis=-1), 1.0, atol=1e-2)  # logits, not probabilities
+    probabilities = icnet.inference_model(model)(image, training=False)
+    np.testing.assert_allclose(probabilities, keras.ops.softmax(outputs["conv6_cls"]), atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(100, 100), (256, 250), (0, 256), (-32, 64), (64.5, 64)])
@@ -198,20 +200,25 @@ def test_inference_model_shares_the_training_weights():
     after = np.asarray(inference(image, training=False))
     assert np.all(after.argmax(axis=-1) == 2)
     assert not np.allclose(before, after)
-    np.testing.assert_allclose(after, training(image, training=False)["conv6_cls"], atol=1e-6)
+    logits = training(image, training=False)["conv6_cls"]
+    np.testing.assert_allclose(after, keras.ops.softmax(logits), atol=1e-6)
 
 
-def test_mixed_precision_keeps_float32_probabilities():
+def test_mixed_precision_keeps_float32_logits_and_probabilities():
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = icnet.build_icnet(num_classes=3, image_size=(64, 64), alpha=0.25)
+        inference = icnet.inference_model(model)
     finally:
         keras.config.set_dtype_policy("float32")
     assert model.get_layer("conv5_4_k1").compute_dtype == "float16"
-    outputs = model(np.zeros((1, 64, 64, 3), "float32"), training=False)
-    for out in outputs.values():
+    assert model.get_layer("conv6_cls_logits").compute_dtype == "float16"
+    image = np.zeros((1, 64, 64, 3), "float32")
+    for out in model(image, training=False).values():
         assert out.dtype == "float32"
-        np.testing.assert_allclose(np.sum(out, axis=-1), 1.0, atol=1e-3)
+    probabilities = inference(image, training=False)
+    assert probabilities.dtype == "float32"
+    np.testing.assert_allclose(np.sum(probabilities, axis=-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.slow

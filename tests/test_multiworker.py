@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import free_port
 from test_dataset import write_prepared
 
-from image_segmentation import cluster, model_folder, train
+from image_segmentation import checkpoints, cluster, data_folder, model_folder, train, trainer
 from image_segmentation.errors import StageError
 
 TASKS = ("chief", "worker")
@@ -128,10 +128,10 @@ def test_bad_cluster_descriptions_are_refused(environ, message):
 def test_each_machine_keeps_its_own_part_of_every_global_batch(tmp_path):
     """With one train shard and two machines, sharding by file would hand both the same
     batches (TensorFlow's default falls back to that silently); sharding by data does not."""
-    data = train.inspect_data(write_prepared(tmp_path, num_train=8, num_val=2, shards=1))
+    data = data_folder.read_prepared(write_prepared(tmp_path, num_train=8, num_val=2, shards=1))
     settings = train.TrainSettings(image_size=(64, 64), batch_size=2)
-    scale = train.scaling(settings, replicas=2, train_records=data.train_records)
-    batches = train.training_data(data, settings, scale, {"conv6_cls": (16, 16)})
+    scale = train.scaling(settings, replicas=2, train_records=data.records["train"])
+    batches = trainer.training_data(data, settings, scale, {"conv6_cls": (16, 16)})
     images, targets = next(iter(batches))
     assert images.shape[0] == targets["conv6_cls"].shape[0] == 4  # Keras splits it
     policy = batches.options().experimental_distribute.auto_shard_policy
@@ -143,7 +143,7 @@ def test_what_the_chief_saves_is_read_without_the_other_machines():
     operation that the other machines never join; Keras makes only metrics so, and the
     checkpoint and the weights file hold none."""
     settings = train.TrainSettings(image_size=(64, 64))
-    model = train.build_model(4, settings, 10, mixed_precision=True)  # the GPU optimizer
+    model = trainer.build_model(4, settings, 10, mixed_precision=True)  # the GPU optimizer
     saved = [*model.weights, *model.optimizer.variables]
     assert all(variable.synchronization != "on_read" for variable in saved)
     assert {variable.synchronization for variable in model.metrics_variables} == {"on_read"}
@@ -203,7 +203,7 @@ def two_machines(tmp_path_factory) -> SimpleNamespace:
     data = write_prepared(root / "data", num_train=16, num_val=4, shards=1)
     output = root / "model"
     args = ["--data-dir", str(data), "--output-dir", str(output), *ARGS]
-    first_checkpoint = output / train.CHECKPOINT_DIR / "epoch-0001.npz"
+    first_checkpoint = output / checkpoints.DIRECTORY / "epoch-0001.npz"
     ports = (free_port(), free_port())  # the restarted machines keep their addresses
     killed = run_cluster(root, "killed", ports, args, kill_at=first_checkpoint)
     for task, run in killed.items():
@@ -242,19 +242,19 @@ def test_a_killed_cluster_resumes_at_epoch_2_on_every_machine(two_machines):
         assert "resuming from epoch-0001.npz (epoch 1 done)" in run.log, task
     history = json.loads((two_machines.output / model_folder.HISTORY_FILE).read_text())
     assert [entry["epoch"] for entry in history] == [1, 2]
-    assert history[0] == train.read_checkpoint_state(two_machines.first)["history"][0]
-    checkpoints = train.list_checkpoints(two_machines.output / train.CHECKPOINT_DIR)
-    assert [path.name for path in checkpoints] == ["epoch-0001.npz", "epoch-0002.npz"]
+    assert history[0] == checkpoints.read_state(two_machines.first)["history"][0]
+    found = checkpoints.list_checkpoints(two_machines.output / checkpoints.DIRECTORY)
+    assert [path.name for path in found] == ["epoch-0001.npz", "epoch-0002.npz"]
     # Optimizer state came back too: its step counter went on from epoch 1's two steps.
-    with np.load(checkpoints[-1]) as last:
-        assert last["optimizer_00000"] == 4
+    with np.load(found[-1]) as last:
+        assert last["optimizer/adam/iteration"] == 4
 
 
 @pytest.mark.slow
 def test_only_the_chief_writes_the_output_dir(two_machines):
     output = two_machines.output
     assert sorted(path.name for path in output.iterdir()) == sorted([
-        train.CHECKPOINT_DIR, model_folder.CONFIG_FILE, model_folder.HISTORY_FILE, "logs",
+        checkpoints.DIRECTORY, model_folder.CONFIG_FILE, model_folder.HISTORY_FILE, "logs",
         model_folder.TRAINING_METRICS_FILE, model_folder.WEIGHTS_FILE,
     ])  # fmt: skip
     for runs in (two_machines.killed, two_machines.resumed):

@@ -146,8 +146,9 @@ def test_steps_run_in_order_with_artifacts_passed(local_spec):
     assert sorted(gate["dependentTasks"]) == ["evaluate", "train"]
     assert artifact_sources(gate) == {"pipelinechannel--train-model": ("train", "model")}
     (convert,) = [t for t in dag_tasks(spec, branches(spec, gate)["quality-gate"]).values()
-                  if t["componentRef"]["name"] == "comp-convert"]  # fmt: skip
+                  if t["componentRef"]["name"] == "comp-convert-with-resources"]  # fmt: skip
     assert artifact_sources(convert) == {"model": ("input", "pipelinechannel--train-model")}
+    assert artifact_sources(dag_tasks(spec, convert)["convert"]) == {"model": ("input", "model")}
     assert tasks["train"]["cachingOptions"] == {"enableCache": True}
     assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
 
@@ -253,8 +254,8 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(either_spec):
     gate = branches(spec, gate_task(spec))
     inside = dag_tasks(spec, gate["quality-gate"])
     (versions_task,) = [name for name in inside if name.startswith("condition-branches-")]
-    assert set(inside) == {"convert", versions_task}
-    model = artifact_sources(inside["convert"])["model"]
+    assert set(inside) == {"convert-with-resources", versions_task}
+    model = artifact_sources(inside["convert-with-resources"])["model"]
     paths = branches(spec, inside[versions_task])
     conditions = {name: branch["triggerPolicy"]["condition"] for name, branch in paths.items()}
     empty = "inputs.parameter_values['pipelinechannel--model_version'] == ''"
@@ -265,7 +266,7 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(either_spec):
         assert upload["componentRef"]["name"] in ("comp-upload", "comp-upload-2")
         assert upload["cachingOptions"] == {}  # every run publishes: never cached
         assert artifact_sources(upload) == {
-            "exported": ("input", "pipelinechannel--convert-exported"),
+            "exported": ("input", "pipelinechannel--convert-with-resources-Output"),
             "model": ("input", model[1]),  # the model that was converted
         }
         versions[name] = upload["inputs"]["parameters"]["version"]
@@ -382,12 +383,38 @@ def test_locally_training_is_a_plain_step(local_spec):
 
 
 def test_evaluate_and_convert_take_their_resources_from_parameters(either_spec):
-    for step in ("evaluate", "convert"):
-        assert executor(either_spec, step)["resources"] == {
-            "resourceCpuLimit": f"{{{{$.inputs.parameters['pipelinechannel--{step}_cpu']}}}}",
-            "resourceMemoryLimit":
-                f"{{{{$.inputs.parameters['pipelinechannel--{step}_memory']}}}}",
-        }  # fmt: skip
+    spec = either_spec
+    assert executor(spec, "evaluate")["resources"] == {
+        "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--evaluate_cpu']}}",
+        "resourceMemoryLimit": "{{$.inputs.parameters['pipelinechannel--evaluate_memory']}}",
+    }
+    # convert sits in the quality gate, inside a small pipeline whose inputs set its resources
+    assert executor(spec, "convert")["resources"] == {
+        "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--cpu']}}",
+        "resourceMemoryLimit": "{{$.inputs.parameters['pipelinechannel--memory']}}",
+    }
+    wrapper = all_tasks(spec)["convert-with-resources"]["inputs"]["parameters"]
+    assert wrapper["cpu"] == {"componentInputParameter": "pipelinechannel--convert_cpu"}
+    assert wrapper["memory"] == {"componentInputParameter": "pipelinechannel--convert_memory"}
+
+
+def test_every_step_gets_the_parameters_it_refers_to(either_spec):
+    """A parameter a task takes from its DAG must be one of that DAG's inputs; the compiler
+    does not check this (it misses parameters that only set resources inside a condition)."""
+    spec = either_spec
+    dags = {"root": spec["root"]} | {
+        name: component for name, component in spec["components"].items() if "dag" in component
+    }
+    missing = [
+        (name, task_name, source["componentInputParameter"])
+        for name, dag in dags.items()
+        for task_name, task in dag["dag"]["tasks"].items()
+        for source in task.get("inputs", {}).get("parameters", {}).values()
+        if "componentInputParameter" in source
+        and source["componentInputParameter"]
+        not in dag.get("inputDefinitions", {}).get("parameters", {})
+    ]
+    assert missing == []
 
 
 def test_parameters_default_to_the_legacy_living_room_example(spec):
@@ -489,7 +516,7 @@ def test_stage_writes_executor_output_with_its_artifacts_and_metrics(ade_dataset
     status = cli.main([
         "--executor-input", json.dumps(request), "--metrics-from", "prepared/stats.json",
         "prepare", "--dataset-dir", str(ade_dataset), "--output-dir", str(tmp_path / "prepared"),
-        "--whitelist", labels.LIVING_ROOM_WHITELIST, "--workers", "1",
+        "--whitelist", labels.LIVING_ROOM_WHITELIST, "--threshold", "0.2", "--workers", "1",
     ])  # fmt: skip
     assert status == 0
     written = json.loads((tmp_path / "executor_output.json").read_text())
@@ -497,7 +524,7 @@ def test_stage_writes_executor_output_with_its_artifacts_and_metrics(ade_dataset
     assert prepared["uri"] == str(tmp_path / "prepared")
     assert (tmp_path / "prepared" / "labels.txt").is_file()
     stats = written["artifacts"]["stats"]["artifacts"][0]["metadata"]
-    assert stats["num_classes"] == 11.0 and stats["threshold"] == 0.6
+    assert stats["num_classes"] == 11.0 and stats["threshold"] == 0.2
     assert "labels" not in stats and "splits" not in stats  # numbers only
     assert json.loads((tmp_path / "stats").read_text()) == stats  # also at the Metrics path
 

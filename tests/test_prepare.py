@@ -4,6 +4,7 @@ It reads the download stage's zip in place or an extracted folder, with the same
 """
 
 import collections
+import errno
 import functools
 import io
 import json
@@ -17,8 +18,18 @@ import numpy as np
 import pytest
 from conftest import ADE_SAMPLE
 from PIL import Image
+from test_data_folder import folder_files
 
-from image_segmentation import ade20k, cli, download, labels, prepare, records, synthetic
+from image_segmentation import (
+    ade20k,
+    cli,
+    data_folder,
+    download,
+    labels,
+    prepare,
+    records,
+    synthetic,
+)
 from image_segmentation.errors import StageError
 
 SMALL_SIZES = ((96, 128), (128, 96))
@@ -35,10 +46,6 @@ def read_split(output: Path, prefix: str) -> dict[str, dict]:
             example = records.decode_example(record)
             examples[example[records.IMAGE_FILENAME].decode()] = example
     return examples
-
-
-def output_files(output: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(output.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +222,7 @@ def test_same_output_for_any_worker_count_and_through_the_cli(bad_dataset, tmp_p
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "skipped ADE_train_90000001: unreadable_image" in done.stderr
-    one, two = output_files(tmp_path / "one"), output_files(tmp_path / "two")
+    one, two = folder_files(tmp_path / "one"), folder_files(tmp_path / "two")
     assert sorted(one) == sorted(
         ["labels.txt", "stats.json", "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
         + [f"train-0000{i}-of-00004.tfrecord" for i in range(4)]
@@ -226,7 +233,7 @@ def test_same_output_for_any_worker_count_and_through_the_cli(bad_dataset, tmp_p
     prepare.prepare_dataset(
         dataset, tmp_path / "three", train_shards=4, workers=1, **(options | {"seed": 8})
     )
-    shards = {k: v for k, v in output_files(tmp_path / "three").items() if "tfrecord" in k}
+    shards = {k: v for k, v in folder_files(tmp_path / "three").items() if "tfrecord" in k}
     assert shards != {k: v for k, v in one.items() if "tfrecord" in k}
 
 
@@ -238,7 +245,7 @@ def test_shards_are_a_seeded_shuffle_not_contiguous_runs():
     assert shards == prepare.assign_shards(samples, 8, seed=0)
     assert shards != prepare.assign_shards(samples, 8, seed=1)
     assert shards[0] != samples[:13]  # scenes (name order) are spread over all shards
-    assert prepare.shard_names("val", 2) == [
+    assert data_folder.shard_names("val", 2) == [
         "val-00000-of-00002.tfrecord",
         "val-00001-of-00002.tfrecord",
     ]
@@ -257,7 +264,7 @@ def test_the_zip_is_read_in_place_with_the_same_output_as_the_extracted_folder(
         prepare.prepare_dataset(
             path, tmp_path / kind, labels.LIVING_ROOM_WHITELIST, 0.3, train_shards=3, workers=2
         )
-        outputs[kind] = output_files(tmp_path / kind)
+        outputs[kind] = folder_files(tmp_path / kind)
     assert len(outputs["folder"]) == 2 + 3 + 2
     assert outputs["zip"] == outputs["folder"]
     assert outputs["download output"] == outputs["folder"]
@@ -289,7 +296,7 @@ def test_a_zip_in_cloud_storage_is_read_from_a_local_copy(
     argv += ["--output-dir", str(tmp_path / "gcs"), "--workers", "1", "--scratch-dir", str(scratch)]
     assert cli.main(argv) == 0
     prepare.prepare_dataset(bad_dataset[0], tmp_path / "local", workers=1)
-    assert output_files(tmp_path / "gcs") == output_files(tmp_path / "local")
+    assert folder_files(tmp_path / "gcs") == folder_files(tmp_path / "local")
     assert list(scratch.iterdir()) == []  # the copy is removed once the shards are written
 
 
@@ -332,20 +339,22 @@ def test_list_labels_needs_no_other_option(capsys):
     assert "--dataset-dir and --output-dir are required" in capsys.readouterr().err
 
 
-def test_rerun_removes_stale_shards_and_a_crash_leaves_no_stats(bad_dataset, tmp_path, monkeypatch):
+def test_a_rerun_switches_to_a_new_generation_and_a_failed_one_changes_nothing(
+    bad_dataset, tmp_path, monkeypatch
+):
     dataset, _ = bad_dataset
     prepare.prepare_dataset(dataset, tmp_path, train_shards=5, workers=1)
-    prepare.prepare_dataset(dataset, tmp_path, train_shards=2, workers=1)
-    assert sorted(p.name for p in tmp_path.glob("train-*")) == [
-        "train-00000-of-00002.tfrecord",
-        "train-00001-of-00002.tfrecord",
-    ]
+    stats = prepare.prepare_dataset(dataset, tmp_path, train_shards=2, workers=1)
+    assert stats["generation"] == 2
+    names = sorted(p.name for p in tmp_path.glob("train-*"))
+    assert names == data_folder.shard_names("train", 2, generation=2)
+    files = folder_files(tmp_path)
 
     def disk_full(self, record):
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(records.TFRecordWriter, "write", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        prepare.prepare_dataset(dataset, tmp_path, train_shards=2, workers=1)
-    assert not (tmp_path / "stats.json").exists()
-    assert not list(tmp_path.glob("*.partial"))
+    words = r"cannot write .*train-00000-of-00003\.gen3\.tfrecord: No space left on device"
+    with pytest.raises(StageError, match=words):
+        prepare.prepare_dataset(dataset, tmp_path, train_shards=3, workers=1)
+    assert folder_files(tmp_path) == files

@@ -1,8 +1,11 @@
 """storage.py against a real gcp-storage-emulator server through the real client."""
 
 import os
+import re
+import time
 
 import pytest
+from google.api_core import exceptions as api_exceptions
 
 from image_segmentation import storage
 from image_segmentation.errors import StageError
@@ -56,3 +59,32 @@ def test_download_missing(gcs_client, tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(StageError, match="folder"):
         storage.download_file("gs://empty-one/prefix/", tmp_path / "x.bin")
+
+
+def refused_connection():
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_retry_logs_each_retry_with_the_time_left_and_gives_up_in_time(caplog):
+    retry = storage.RETRY.with_delay(initial=0.02, maximum=0.05).with_timeout(0.5)
+    started = time.monotonic()
+    with pytest.raises(api_exceptions.RetryError):
+        retry(refused_connection)()
+    assert time.monotonic() - started <= 0.5 + 0.5  # the last attempt starts before 0.5 s
+    messages = [record.getMessage() for record in caplog.records]
+    pattern = r"Cloud Storage request failed \(\[Errno 111\] Connection refused\); ([\d.]+) s left"
+    left = [float(re.fullmatch(pattern + " to retry", message)[1]) for message in messages]
+    assert len(left) >= 5 and left == sorted(left, reverse=True)  # the sleeps are at most 0.05
+    assert left[0] == 0.5 and left[-1] < 0.1
+
+
+def test_giving_up_is_a_one_line_error():
+    with (
+        pytest.raises(StageError) as error,
+        storage.explained_errors("gs://bucket/models"),
+    ):
+        storage.RETRY.with_delay(initial=0.01, maximum=0.01).with_timeout(0.2)(refused_connection)()
+    assert str(error.value) == (
+        "gave up on gs://bucket/models: Timeout of 0.2s exceeded; "
+        "last error: [Errno 111] Connection refused"
+    )

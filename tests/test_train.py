@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,19 @@ import pytest
 import tensorflow as tf
 from test_dataset import write_prepared
 
-from image_segmentation import cli, dataset, inference, model_folder, train
+from image_segmentation import (
+    callbacks,
+    checkpoints,
+    cli,
+    data_folder,
+    dataset,
+    icnet,
+    inference,
+    model_folder,
+    scoring,
+    train,
+    trainer,
+)
 from image_segmentation.errors import StageError
 
 EPOCHS, STEPS = 2, 25
@@ -40,7 +53,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
     data = write_prepared(root / "data", num_train=64, num_val=16)
     output = root / "model"
     args = train_args(data, output)
-    first_checkpoint = output / train.CHECKPOINT_DIR / "epoch-0001.npz"
+    first_checkpoint = output / checkpoints.DIRECTORY / "epoch-0001.npz"
     with open(root / "killed.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "image_segmentation", *args], stdout=log, stderr=log
@@ -50,7 +63,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
         process.kill()
         process.wait()
     assert process.returncode == -9, (root / "killed.log").read_text()[-3000:]
-    assert not (output / train.CHECKPOINT_DIR / "epoch-0002.npz").exists()
+    assert not (output / checkpoints.DIRECTORY / "epoch-0002.npz").exists()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert cli.main(args) == 0
@@ -59,9 +72,24 @@ def run(tmp_path_factory) -> SimpleNamespace:
     )
 
 
-def checkpoint_arrays(path: Path, prefix: str) -> list[np.ndarray]:
+def saved(path: Path, group: str) -> dict[str, np.ndarray]:
+    """A checkpoint's arrays of one group ("model" or "optimizer"), by variable path."""
     with np.load(path) as data:
-        return [data[key] for key in sorted(data.files) if key.startswith(prefix)]
+        return {
+            name.removeprefix(f"{group}/"): data[name]
+            for name in data.files
+            if name.startswith(f"{group}/")
+        }
+
+
+def values(variables) -> dict[str, np.ndarray]:
+    return {variable.path: variable.numpy() for variable in variables}
+
+
+def same(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> bool:
+    return first.keys() == second.keys() and all(
+        np.array_equal(first[name], second[name]) for name in first
+    )
 
 
 @pytest.mark.slow
@@ -69,27 +97,39 @@ def test_killed_run_resumes_at_the_next_epoch(run):
     assert "Epoch 1/2" not in run.stdout and "Epoch 2/2" in run.stdout
     history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
     assert [entry["epoch"] for entry in history] == [1, 2]
-    assert history[0] == train.read_checkpoint_state(run.first)["history"][0]  # the killed run's
-    checkpoints = train.list_checkpoints(run.output / train.CHECKPOINT_DIR)
-    assert [path.name for path in checkpoints] == ["epoch-0001.npz", "epoch-0002.npz"]
-    assert not list((run.output / train.CHECKPOINT_DIR).glob(".*partial"))
+    assert history[0] == checkpoints.read_state(run.first)["history"][0]  # the killed run's
+    found = checkpoints.list_checkpoints(run.output / checkpoints.DIRECTORY)
+    assert [path.name for path in found] == ["epoch-0001.npz", "epoch-0002.npz"]
+    assert not list((run.output / checkpoints.DIRECTORY).glob(".*partial"))
     # Optimizer state came back too: its step counter went on from epoch 1's steps.
-    assert checkpoint_arrays(run.first, "optimizer_")[0] == STEPS
-    assert checkpoint_arrays(checkpoints[-1], "optimizer_")[0] == EPOCHS * STEPS
+    assert saved(run.first, "optimizer")["adam/iteration"] == STEPS
+    assert saved(found[-1], "optimizer")["adam/iteration"] == EPOCHS * STEPS
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_finished_run_trains_nothing(run, tmp_path):
+    output = tmp_path / "model"
+    shutil.copytree(run.output, output)
+    history = (output / model_folder.HISTORY_FILE).read_text()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(train_args(run.data, output)) == 0
+    assert "Epoch" not in stdout.getvalue()
+    assert (output / model_folder.HISTORY_FILE).read_text() == history
+    found = checkpoints.list_checkpoints(output / checkpoints.DIRECTORY)
+    assert [path.name for path in found] == ["epoch-0001.npz", "epoch-0002.npz"]
+    assert model_folder.is_complete(output)
 
 
 @pytest.mark.slow
 def test_checkpoint_restores_weights_and_optimizer_state(run):
-    model = train.build_model(4, SETTINGS, EPOCHS * STEPS, mixed_precision=False)
-    fresh = [v.numpy().copy() for v in model.weights]
-    state = train.restore_checkpoint(run.first, model)
+    model = trainer.build_model(4, SETTINGS, EPOCHS * STEPS, mixed_precision=False)
+    fresh = values(model.weights)
+    state = checkpoints.restore(run.first, model)
     assert state["epoch"] == 1
-    saved = checkpoint_arrays(run.first, "model_")
-    assert all(np.array_equal(v.numpy(), a) for v, a in zip(model.weights, saved, strict=True))
-    assert not all(np.array_equal(a, b) for a, b in zip(fresh, saved, strict=True))
-    optimizer = [v.numpy() for v in model.optimizer.variables]
-    saved = checkpoint_arrays(run.first, "optimizer_")
-    assert all(np.array_equal(a, b) for a, b in zip(optimizer, saved, strict=True))
+    assert same(values(model.weights), saved(run.first, "model"))
+    assert not same(fresh, saved(run.first, "model"))
+    assert same(values(model.optimizer.variables), saved(run.first, "optimizer"))
     assert int(model.optimizer.iterations.numpy()) == STEPS
 
 
@@ -126,31 +166,35 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
 @pytest.mark.slow
 def test_load_model_gives_the_trained_model(run):
     model, config = inference.load_model(run.output)
-    final = checkpoint_arrays(train.list_checkpoints(run.output / "checkpoints")[-1], "model_")
-    assert all(np.array_equal(v.numpy(), a) for v, a in zip(model.weights, final, strict=True))
+    final = checkpoints.list_checkpoints(run.output / checkpoints.DIRECTORY)[-1]
+    assert same(values(model.weights), saved(final, "model"))
     assert config["labels"][0] == "none"
-    val = dataset.make_dataset(dataset.list_shards(run.data, "val"), (64, 64), 8, training=False)
-    confusion = train.ConfusionMatrix(model, 4)(val)
+    val = dataset.make_dataset(
+        data_folder.list_shards(run.data, "val"), (64, 64), 8, training=False
+    )
+    predict = scoring.predictor(icnet.inference_model(model))
+    confusion = scoring.confusion_matrix(predict, val, 4)
     assert confusion.sum() == 16 * 64 * 64  # every pixel of the whole split, once
     metrics = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
-    recomputed = train.validation_metrics(confusion, config["labels"], ignore_class_zero=False)
+    recomputed = callbacks.validation_metrics(confusion, config["labels"], ignore_class_zero=False)
     assert recomputed["mean_iou"] == pytest.approx(metrics["val_mean_iou"], abs=1e-6)
     assert recomputed["mean_iou_ignore_none"] == pytest.approx(metrics["val_mean_iou_ignore_none"])
 
 
-def tiny_model(num_classes: int = 4, width: int = 4) -> keras.Model:
-    """A small real Keras model with ICNet's input and main output (S/4), for fast tests of
-    the metric and checkpoint code, which do not depend on ICNet's insides."""
+def tiny_model(num_classes: int = 4, width: int = 4, name: str = "features") -> keras.Model:
+    """A small real Keras model with ICNet's input and main output (S/4 logits), for fast tests
+    of the metric and checkpoint code, which do not depend on ICNet's insides."""
     image = keras.Input((64, 64, 3), name="image")
     x = keras.layers.AveragePooling2D(4)(image)
-    x = keras.layers.Conv2D(width, 1, activation="relu")(x)
-    x = keras.layers.Conv2D(num_classes, 1)(x)
-    return keras.Model(image, {"conv6_cls": keras.layers.Softmax(name="conv6_cls")(x)})
+    x = keras.layers.Conv2D(width, 1, activation="relu", name=name)(x)
+    return keras.Model(
+        image, {"conv6_cls": keras.layers.Conv2D(num_classes, 1, name="conv6_cls")(x)}
+    )
 
 
 def numpy_confusion(model, images, masks) -> np.ndarray:
-    """The same confusion matrix, computed plainly: predict, upsample, argmax, count."""
-    probabilities = model(images, training=False)["conv6_cls"]
+    """The same confusion matrix, computed plainly: softmax, upsample, argmax, count."""
+    probabilities = keras.ops.softmax(model(images, training=False)["conv6_cls"])
     predicted = np.argmax(tf.image.resize(probabilities, masks.shape[1:3]).numpy(), axis=-1)
     valid = masks < 4
     pairs = masks[valid].astype(int) * 4 + predicted[valid]
@@ -165,7 +209,8 @@ def test_confusion_matrix_equals_numpy():
     masks = rng.integers(0, 4, size=(6, 64, 64)).astype(np.uint8)
     masks[:, :5] = dataset.IGNORE  # padding rows
     data = tf.data.Dataset.from_tensor_slices((images, masks)).batch(4)  # batches of 4 and 2
-    confusion = train.ConfusionMatrix(model, 4)(data)
+    predict = scoring.predictor(icnet.inference_model(model))
+    confusion = scoring.confusion_matrix(predict, data, 4)
     expected = numpy_confusion(model, images[:4], masks[:4])
     expected += numpy_confusion(model, images[4:], masks[4:])
     assert np.array_equal(confusion, expected)
@@ -176,53 +221,62 @@ def test_confusion_matrix_equals_numpy():
 def test_validation_metrics_report_both_conventions():
     confusion = np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])  # class 2 predicted, never true
     class_labels = ["none", "wall", "bed"]
-    scores = train.validation_metrics(confusion, class_labels, ignore_class_zero=False)
+    scores = callbacks.validation_metrics(confusion, class_labels, ignore_class_zero=False)
     assert scores["pixel_accuracy"] == pytest.approx(80 / 100)
     assert scores["mean_iou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
     assert scores["class_iou"] == pytest.approx({"none": 50 / 65, "wall": 30 / 50, "bed": 0.0})
     # ADE20K benchmark: pixels of true class 0 are not scored, class 0 has no IoU.
     assert scores["pixel_accuracy_ignore_none"] == pytest.approx(30 / 40)
     assert scores["mean_iou_ignore_none"] == pytest.approx((30 / 40 + 0) / 2)
-    ignoring = train.validation_metrics(confusion, class_labels, ignore_class_zero=True)
+    ignoring = callbacks.validation_metrics(confusion, class_labels, ignore_class_zero=True)
     assert ignoring["mean_iou"] == scores["mean_iou_ignore_none"]
     assert ignoring["class_iou"]["none"] is None
 
 
-def test_checkpoints_are_atomic_pruned_and_restore_everything(tmp_path):
+def compiled(model: keras.Model) -> keras.Model:
+    model.compile(
+        optimizer="adam",
+        loss={"conv6_cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_checkpoints_are_atomic_pruned_and_restore_everything_by_name(tmp_path):
     keras.utils.set_random_seed(4)
-    model = tiny_model()
-    model.compile(optimizer="adam", loss={"conv6_cls": "sparse_categorical_crossentropy"})
+    model = compiled(tiny_model())
     images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
     labels = {"conv6_cls": np.ones((4, 16, 16), dtype=np.int32)}
     history = []
     for epoch in (1, 2, 3):
         model.fit(images, labels, epochs=1, verbose=0)
         history.append({"epoch": epoch})
-        train.save_checkpoint(tmp_path, model, epoch, history, {"run": "key"})
+        checkpoints.save(tmp_path, model, epoch, history, {"run": "key"})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch-0002.npz", "epoch-0003.npz"]
-    weights = [v.numpy().copy() for v in model.weights]
-    optimizer = [v.numpy().copy() for v in model.optimizer.variables]
+    weights, optimizer = values(model.weights), values(model.optimizer.variables)
     model.fit(images, labels, epochs=1, verbose=0)  # move on past the checkpoint
-    state = train.restore_checkpoint(tmp_path / "epoch-0003.npz", model)
+    state = checkpoints.restore(tmp_path / "epoch-0003.npz", model)
     assert state == {"epoch": 3, "history": history, "run": {"run": "key"}}
-    assert all(np.array_equal(v.numpy(), a) for v, a in zip(model.weights, weights, strict=True))
-    restored = [v.numpy() for v in model.optimizer.variables]
-    assert all(np.array_equal(a, b) for a, b in zip(restored, optimizer, strict=True))
+    assert same(values(model.weights), weights)
+    assert same(values(model.optimizer.variables), optimizer)
     assert int(model.optimizer.iterations.numpy()) == 3
-    other = tiny_model(width=8)
-    other.compile(optimizer="adam", loss={"conv6_cls": "sparse_categorical_crossentropy"})
-    other.optimizer.build(other.trainable_variables)
-    with pytest.raises(StageError, match="does not fit this model's model variables"):
-        train.restore_checkpoint(tmp_path / "epoch-0003.npz", other)
+    # Same shapes in the same order, other names: refused, never loaded by position.
+    renamed = compiled(tiny_model(name="renamed"))
+    with pytest.raises(StageError, match="does not fit this model: missing model/renamed/kernel"):
+        checkpoints.restore(tmp_path / "epoch-0003.npz", renamed)
+    wider = compiled(tiny_model(width=8))
+    with pytest.raises(StageError, match="of another shape model/features/kernel"):
+        checkpoints.restore(tmp_path / "epoch-0003.npz", wider)
 
 
 @pytest.mark.slow
 def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
-    expected = checkpoint_arrays(train.list_checkpoints(run.output / "checkpoints")[-1], "model_")
+    final = checkpoints.list_checkpoints(run.output / checkpoints.DIRECTORY)[-1]
+    expected = saved(final, "model")
     bucket = gcs_client.create_bucket("models")
     for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):
         bucket.blob(f"runs/1/{name}").upload_from_filename(run.output / name)
-    model = train.build_model(4, SETTINGS, 10, mixed_precision=False)
+    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=False)
     fresh = [v.numpy() for v in model.weights]
     for source in (
         str(run.output),
@@ -232,14 +286,14 @@ def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
     ):
         for variable, value in zip(model.weights, fresh, strict=True):
             variable.assign(value)
-        train.load_fine_tune_weights(model, source, SETTINGS)
-        loaded = zip(model.weights, expected, strict=True)
-        assert all(np.array_equal(v.numpy(), a) for v, a in loaded), source
+        trainer.load_fine_tune_weights(model, source, SETTINGS)
+        assert same(values(model.weights), expected), source
+        assert int(model.optimizer.iterations.numpy()) == 0  # its own schedule starts afresh
     wider = train.TrainSettings(image_size=(64, 64), alpha=0.5)
     with pytest.raises(StageError, match=r"alpha 0\.25, this run 0\.5"):
-        train.load_fine_tune_weights(model, "gs://models/runs/1", wider)
+        trainer.load_fine_tune_weights(model, "gs://models/runs/1", wider)
     with pytest.raises(StageError, match="does not exist"):
-        train.load_fine_tune_weights(model, "gs://models/nothing", SETTINGS)
+        trainer.load_fine_tune_weights(model, "gs://models/nothing", SETTINGS)
 
 
 def test_batch_and_learning_rate_are_per_replica():
@@ -249,16 +303,18 @@ def test_batch_and_learning_rate_are_per_replica():
     assert train.scaling(settings, replicas=16, train_records=100).steps_per_epoch == 1
     fixed = train.TrainSettings(batch_size=8, steps_per_epoch=50)
     assert train.scaling(fixed, replicas=4, train_records=100).steps_per_epoch == 50
-    model = train.build_model(4, SETTINGS, 10, mixed_precision=False, replicas=2)
+    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=False, replicas=2)
     rate = train.scaling(SETTINGS, replicas=2, train_records=64).learning_rate
     assert float(model.optimizer.learning_rate) == pytest.approx(rate) == 2 * SETTINGS.learning_rate
 
 
-def test_mixed_precision_model_keeps_float32_outputs_and_the_global_policy():
-    model = train.build_model(4, SETTINGS, 10, mixed_precision=True)
+def test_mixed_precision_model_trains_on_float32_logits_and_keeps_the_global_policy():
+    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=True)
     assert model.get_layer("conv1_sub1").compute_dtype == "float16"
     assert model.get_layer("conv1_sub1").kernel.dtype == "float32"
-    assert all(model.get_layer(name).output.dtype == "float32" for name in train.OUTPUTS)
+    assert model.get_layer("conv6_cls_logits").compute_dtype == "float16"
+    assert all(model.get_layer(name).output.dtype == "float32" for name in trainer.OUTPUTS)
+    assert all(loss.from_logits for loss in model.loss.values())
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert keras.config.dtype_policy().name == "float32"
 
@@ -268,15 +324,9 @@ def bad_input(case: str, tmp_path: Path) -> tuple[Path, list[str]]:
     data = tmp_path / "data"
     if case == "missing dir":
         return data, []
-    write_prepared(data, num_train=4, num_val=2, size=(40, 48))
+    write_prepared(data, num_train=4, num_val=0 if case == "no val records" else 2, size=(40, 48))
     if case == "no labels":
         (data / "labels.txt").unlink()
-    elif case == "no train shards":
-        for path in data.glob("train-*"):
-            path.unlink()
-    elif case == "no val shards":
-        for path in data.glob("val-*"):
-            path.unlink()
     elif case == "missing shard":
         (data / "train-00001-of-00002.tfrecord").unlink()
     elif case == "labels do not match":
@@ -293,10 +343,9 @@ def bad_input(case: str, tmp_path: Path) -> tuple[Path, list[str]]:
     [
         ("missing dir", "does not exist"),
         ("no labels", "no labels.txt"),
-        ("no train shards", "no train records"),
-        ("no val shards", "no val records"),
-        ("missing shard", "incomplete or mixed train shards"),
-        ("labels do not match", r"mask value [23], but labels.txt lists only 2 classes"),
+        ("no val records", "no val records"),
+        ("missing shard", r"train-00001-of-00002.tfrecord, listed in stats.json, is missing"),
+        ("labels do not match", r"does not match stats.json \(2 classes, not 4\)"),
         ("size", "image size 100x100 is not supported.*multiples of 32"),
         ("alpha", "alpha .* must be > 0"),
     ],
@@ -308,20 +357,44 @@ def test_bad_input_is_refused_before_training(case, message, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
-    assert not (output / train.CHECKPOINT_DIR).exists()
+    assert not (output / checkpoints.DIRECTORY).exists()
 
 
-def test_checkpoints_of_another_run_are_not_resumed(tmp_path, capsys):
-    data = write_prepared(tmp_path / "data", num_train=4, num_val=2, size=(40, 48))
-    checkpoints = tmp_path / "model" / train.CHECKPOINT_DIR
-    checkpoints.mkdir(parents=True)
-    other = {"labels": ["none", "wall", "floor, flooring", "bed"], "image_size": [64, 64]}
-    other |= {"alpha": 0.5, "optimizer": "adam", "mixed_precision": False}
-    state = json.dumps({"epoch": 1, "history": [], "run": other})
-    np.savez(checkpoints / "epoch-0001.npz", state=np.array(state))
-    args = ["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "model")]
-    assert cli.main([*args, "--image-size", "64"]) == 2
-    assert "holds checkpoints of a different run (alpha differ)" in capsys.readouterr().err
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("small"), num_train=4, num_val=2, size=(40, 48))
+
+
+@pytest.mark.parametrize(
+    ("changed", "differs"),
+    [
+        (["--alpha", "0.5"], "alpha 0.25, now 0.5"),
+        (["--epochs", "3"], "epochs 2, now 3"),
+        (["--steps-per-epoch", "5"], "steps_per_epoch 25, now 5"),
+        (["--learning-rate", "0.01"], "learning_rate 0.002, now 0.01"),
+        (["--schedule", "cosine"], 'schedule "poly", now "cosine"'),
+        (["--loss-weights", "1,0,0"], "loss_weights [1.0, 0.4, 0.16], now [1.0, 0.0, 0.0]"),
+        (["--optimizer", "sgd"], 'optimizer "adam", now "sgd"'),
+    ],
+)
+def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(
+    changed, differs, small_data, tmp_path, capsys
+):
+    """A checkpoint of the arguments below, then a run with one of them changed."""
+    args = train_args(small_data, tmp_path / "model")
+    settings = train.TrainSettings(
+        image_size=(64, 64), alpha=0.25, epochs=EPOCHS, steps_per_epoch=STEPS, learning_rate=0.002
+    )
+    data = data_folder.read_prepared(small_data)
+    key = trainer.run_key(data, settings, train.scaling(settings, 1, data.records["train"]), False)
+    state = json.dumps({"epoch": 1, "history": [], "run": key})
+    directory = tmp_path / "model" / checkpoints.DIRECTORY
+    directory.mkdir(parents=True)
+    np.savez(directory / "epoch-0001.npz", **{checkpoints.STATE: np.array(state)})
+    assert cli.main([*args, *changed]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert f"holds checkpoints of a run with other settings ({differs}): use a new" in error
 
 
 def test_size_and_loss_weight_arguments():

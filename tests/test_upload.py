@@ -21,13 +21,13 @@ from pathlib import Path
 
 import google_crc32c
 import pytest
-from google.cloud.storage.retry import DEFAULT_RETRY
 
-from image_segmentation import export_folder, model_folder, storage, upload
+from image_segmentation import export_folder, labels, model_folder, storage, upload
 from image_segmentation.errors import StageError
 
-FAST_RETRY = DEFAULT_RETRY.with_delay(initial=0.01, maximum=0.05).with_timeout(20.0)
+FAST_RETRY = storage.RETRY.with_delay(initial=0.01, maximum=0.05).with_timeout(20.0)
 LABELS = ["none", "wall", "floor", "bed"]
+EXPORT_NAMES = export_folder.file_names("model", "mlprogram", tflite=True)
 
 
 @dataclass
@@ -161,14 +161,15 @@ class FaultProxy:
         handler.wfile.write(body)
 
 
-def record_export(export: Path) -> None:
-    """Write the export's record (export.json, which completes it) for the files it holds."""
-    names = sorted(path.name for path in export.iterdir() if path.name != "export.json")
-    export_folder.write_record(export, names, {"labels": LABELS, "metrics": {"x": 1}})
+def record_export(export: Path, names: list[str] = EXPORT_NAMES) -> None:
+    """Write the export's record (export.json, which completes it) listing `names`."""
+    description = {"model_name": "model", "format": "mlprogram", "tflite": {}, "labels": LABELS}
+    export_folder.write_record(export, names, {**description, "metrics": {"x": 1}})
 
 
 def make_export(root: Path) -> Path:
-    """A fake export: a nested .mlpackage folder, a .tflite file and its export.json."""
+    """A fake export of an ML Program with TFLite: a nested .mlpackage folder, labels.txt, two
+    .tflite files and export.json."""
     export = root / "export"
     package = export / "model.mlpackage"
     (package / "Data" / "com.apple.CoreML" / "weights").mkdir(parents=True)
@@ -177,16 +178,19 @@ def make_export(root: Path) -> Path:
     (package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").write_bytes(
         os.urandom(20_000)
     )
+    (export / "labels.txt").write_text(labels.format_labels_file(LABELS))
     (export / "model.tflite").write_bytes(os.urandom(9000))
+    (export / "model_fp16.tflite").write_bytes(os.urandom(4500))
     record_export(export)
     return export
 
 
-def make_model_dir(root: Path) -> Path:
+def make_model_dir(root: Path, label_names: list[str] = LABELS) -> Path:
+    """A model folder as the train stage writes it, with stand-in weights."""
     model_dir = root / "model"
     config = {
-        "labels": LABELS,
-        "num_classes": 4,
+        "labels": label_names,
+        "num_classes": len(label_names),
         "image_size": [64, 64],
         "alpha": 0.25,
         "normalization": {"scale": 1 / 255, "offset": -0.5},
@@ -245,7 +249,7 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     assert result["uri"] == uri
     assert result["manifest"] == uri + "manifest.json"
     assert uri + "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin" in result["files"]
-    assert len(result["files"]) == 5
+    assert len(result["files"]) == 7
     manifest = check_manifest(gcs_client, uri, export)
     assert manifest["labels"] == LABELS
     assert manifest["metrics"]["val_mean_iou"] == 0.41
@@ -265,7 +269,7 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     # An explicit replace: the stale object goes, the changed one is rewritten, the unchanged
     # ones are kept (same generation), and the manifest describes the new export.
     (export / "model.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").unlink()
-    (export / "labels.txt").write_text("idx\tlabel\n0\tnone\n")
+    (export / "model_fp16.tflite").write_bytes(b"a smaller model")
     record_export(export)
     upload.upload_model(export, "gs://models/segmentation", "icnet", "v1", replace=True)
     after = snapshot(gcs_client, "models")
@@ -324,9 +328,11 @@ def test_transient_faults_are_retried(gcs_client, gcs_emulator, tmp_path, monkey
         assert proxy.injected == {
             "list/drop": 1, "upload/503-before": 2, "upload/503-after": 1, "upload/drop": 1,
         }  # fmt: skip
-        # 5 files + manifest, plus one retry per injected upload fault.
-        assert proxy.seen["upload"] == 6 + 4
+        # 7 files + manifest, plus one retry per injected upload fault.
+        assert proxy.seen["upload"] == 8 + 4
         assert "already written by an earlier attempt; checksums match" in caplog.text
+        retries = [r.getMessage() for r in caplog.records if r.name == "image_segmentation.storage"]
+        assert len(retries) == 5 and all(" s left to retry" in line for line in retries)
         # Objects written through the proxy carry its address in their mediaLink.
         manifest = check_manifest(gcs_client, result["uri"], export)
     assert manifest["labels"] == LABELS
@@ -382,6 +388,6 @@ def test_cli(gcs_client, gcs_emulator, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
-        "error: gs://cli-models/seg/icnet/3/ already exists (5 files, complete); "
+        "error: gs://cli-models/seg/icnet/3/ already exists (7 files, complete); "
         "pass --replace to replace it"
     ]

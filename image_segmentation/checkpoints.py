@@ -1,0 +1,136 @@
+"""The training run's checkpoints in OUTPUT/checkpoints/: one file per completed epoch, so a run
+restarted with the same output dir (a preempted Vertex worker) resumes after its last epoch.
+
+A checkpoint holds every model and optimizer variable under its Keras path ("conv1_sub1/kernel",
+"adam/conv1_sub1_kernel_momentum"), so it loads by name, never by position; the epoch; the
+history so far, so history.json keeps the epochs of every attempt; and the run's key, the
+settings a run must share with it to resume from it. It is one npz file, complete before it
+appears (temp + rename: a plain file rename, which a Cloud Storage FUSE mount allows).
+
+Keras' BackupAndRestore callback is not used: it writes the weights (layers by their order,
+optimizer variables by index) and the epoch as two files in place, so a kill during or between
+the writes leaves a broken or mismatched pair; every machine of a cluster writes them, to the
+same place; it keeps no history; and unless told otherwise it deletes them when fit ends, so a
+rerun of a finished run would train again from the start.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from image_segmentation import files
+from image_segmentation.errors import StageError
+
+DIRECTORY = "checkpoints"  # under the output dir
+KEEP = 2
+STATE = "state"  # the npz entry of the epoch, history and run key
+_FILE_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
+
+
+def _variables(model: keras.Model) -> dict[str, keras.Variable]:
+    """The model's and its optimizer's variables by checkpoint name: "model/PATH" and
+    "optimizer/PATH"."""
+    variables = [("model", v) for v in model.weights]
+    variables += [("optimizer", v) for v in model.optimizer.variables]
+    named = {f"{group}/{variable.path}": variable for group, variable in variables}
+    if len(named) != len(variables):
+        raise ValueError("two variables share a path: a checkpoint could not tell them apart")
+    return named
+
+
+def save(directory: Path, model: keras.Model, epoch: int, history: list[dict], run: dict) -> Path:
+    """Write the checkpoint of a completed epoch, then remove all but the last KEEP.
+
+    The file appears only when complete, so a kill mid-write leaves the previous checkpoint as
+    the latest.
+    """
+    arrays = {name: variable.numpy() for name, variable in _variables(model).items()}
+    arrays[STATE] = np.array(json.dumps({"epoch": epoch, "history": history, "run": run}))
+    path = Path(directory) / f"epoch-{epoch:04d}.npz"
+
+    def write(part: Path) -> None:
+        with open(part, "wb") as file:  # a file, since np.savez adds ".npz" to a name
+            np.savez(file, **arrays)
+
+    files.atomic_write(path, write)
+    for old in list_checkpoints(directory)[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Completed checkpoints, oldest first."""
+    found = [p for p in Path(directory).glob("epoch-*.npz") if _FILE_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_FILE_NAME.match(p.name).group(1)))
+
+
+def read_state(path: Path) -> dict:
+    """The epoch, history and run key of a checkpoint, without its arrays."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data[STATE]))
+
+
+def restore(path: Path, model: keras.Model) -> dict:
+    """Load every model and optimizer variable by name; return the checkpoint's state.
+
+    Nothing is loaded unless every variable has a saved value of its shape and nothing saved
+    is left over.
+    """
+    variables = _variables(model)
+    with np.load(path, allow_pickle=False) as data:
+        saved = {name: data[name] for name in data.files}
+    state = json.loads(str(saved.pop(STATE)))
+    missing = [name for name in variables if name not in saved]
+    unknown = [name for name in saved if name not in variables]
+    misshapen = [
+        name
+        for name, variable in variables.items()
+        if name in saved and saved[name].shape != tuple(variable.shape)
+    ]
+    problems = [
+        f"{kind} {_names(names)}"
+        for kind, names in (
+            ("missing", missing),
+            ("not in this model", unknown),
+            ("of another shape", misshapen),
+        )
+        if names
+    ]
+    if problems:
+        raise StageError(f"{path} does not fit this model: {'; '.join(problems)}")
+    for name, variable in variables.items():
+        variable.assign(saved[name])
+    return state
+
+
+def latest(directory: Path, run: dict) -> Path | None:
+    """The latest checkpoint, if any; refuse one written by a run with other settings, since
+    resuming it would train neither run."""
+    found = list_checkpoints(directory)
+    if not found:
+        return None
+    saved = read_state(found[-1])["run"]
+    names = [*run, *(name for name in saved if name not in run)]
+    differ = [
+        f"{name} {_short(saved.get(name))}, now {_short(run.get(name))}"
+        for name in names
+        if saved.get(name) != run.get(name)
+    ]
+    if differ:
+        raise StageError(
+            f"{directory} holds checkpoints of a run with other settings ({'; '.join(differ)}): "
+            "use a new --output-dir, or delete the checkpoints to start over"
+        )
+    return found[-1]
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."

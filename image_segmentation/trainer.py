@@ -1,0 +1,353 @@
+"""How the train stage trains (its command line and settings are `train.py`): the prepared
+data checked (`data_folder.py`), ICNet built and compiled for the replicas, resumed from its
+checkpoints or fine-tuned from another run, fitted with validation after every epoch, and the
+model folder written.
+
+On several machines every one trains, and only the chief validates and writes: checkpoints,
+scalars and the model folder. Saving reads variables without any collective operation (none is
+synchronized on read: Keras makes only metric variables so, and neither the checkpoint nor
+the weights file holds metrics), so the other machines need not join.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from image_segmentation import (
+    callbacks,
+    checkpoints,
+    cluster,
+    data_folder,
+    dataset,
+    distribute,
+    icnet,
+    inference,
+    model_folder,
+    storage,
+)
+from image_segmentation.data_folder import PreparedData
+from image_segmentation.errors import StageError
+from image_segmentation.train import Scaling, TrainSettings, scaling
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("conv6_cls", "sub24_out", "sub4_out")  # main output first: the loss-weight order
+MAIN_OUTPUT = OUTPUTS[0]
+NORMALIZATION = dataset.Normalization()  # the legacy x/255 - 0.5; recorded in config.json
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Refuse settings that cannot train, before any data is read."""
+    icnet.check_arguments(2, settings.image_size, settings.alpha)
+    problems = []
+    if settings.epochs < 1:
+        problems.append(f"--epochs must be >= 1, got {settings.epochs}")
+    if settings.steps_per_epoch is not None and settings.steps_per_epoch < 1:
+        problems.append(f"--steps-per-epoch must be >= 1, got {settings.steps_per_epoch}")
+    if settings.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if not settings.learning_rate > 0:
+        problems.append(f"--learning-rate must be > 0, got {settings.learning_rate}")
+    if not any(settings.loss_weights):
+        problems.append("--loss-weights are all 0: nothing would be learnt")
+    if problems:
+        raise StageError("; ".join(problems))
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy, restoring the previous one afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def use_mixed_precision(setting: str) -> bool:
+    """auto: float16 compute on GPUs (tensor cores), float32 on CPU where float16 is slow."""
+    if setting == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return setting == "on"
+
+
+def learning_rate(schedule: str, initial: float, total_steps: int):
+    if schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            initial, total_steps, end_learning_rate=0.0, power=0.9
+        )
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(initial, total_steps)
+    return initial
+
+
+def build_model(
+    num_classes: int,
+    settings: TrainSettings,
+    total_steps: int,
+    mixed_precision: bool,
+    replicas: int = 1,
+) -> keras.Model:
+    """The ICNet training model, compiled with the three-output loss on its float32 logits and
+    the optimizer, its learning rate scaled for the replicas as `train.scaling` says."""
+    with dtype_policy("mixed_float16" if mixed_precision else "float32"):
+        model = icnet.build_icnet(num_classes, settings.image_size, settings.alpha)
+    rate = learning_rate(settings.schedule, settings.learning_rate * replicas, total_steps)
+    # Named: checkpoints find its variables by path ("adam/iteration"), and Keras numbers the
+    # default names within a process (adam, adam_1, ...).
+    if settings.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, name="sgd")
+    else:
+        optimizer = keras.optimizers.Adam(rate, name="adam")
+    model.compile(
+        optimizer=optimizer,
+        loss={
+            name: keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, ignore_class=dataset.IGNORE
+            )
+            for name in OUTPUTS
+        },
+        loss_weights=dict(zip(OUTPUTS, settings.loss_weights, strict=True)),
+    )
+    # Built now rather than inside the first training step: the step is then traced once,
+    # not twice, and a checkpoint's optimizer state has variables to load into.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def output_sizes(model: keras.Model) -> dict[str, tuple[int, int]]:
+    """(height, width) of each training output, the sizes the masks are resized to."""
+    return {name: tuple(model.get_layer(name).output.shape[1:3]) for name in OUTPUTS}
+
+
+def fetch_fine_tune_source(source: str, scratch: Path) -> Path:
+    """A local weights file for `source`: a model dir or .weights.h5 file, local or gs://.
+
+    From a gs:// model dir only config.json and the weights are fetched, not its checkpoints.
+    """
+    if storage.is_gcs_uri(source):
+        if source.endswith(".h5"):
+            return storage.download_file(source, scratch / source.rsplit("/", 1)[-1])
+        for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):
+            storage.download_file(f"{source.rstrip('/')}/{name}", scratch / name)
+        return model_folder.weights_path(scratch)
+    weights = model_folder.weights_path(source) if Path(source).is_dir() else Path(source)
+    if not weights.is_file():
+        raise StageError(f"--fine-tune-from {source}: {weights} does not exist")
+    return weights
+
+
+def load_fine_tune_weights(model: keras.Model, source: str, settings: TrainSettings) -> None:
+    """Start from another run's weights; it must have the same classes and alpha. Only the
+    weights: its optimizer state (step count, moments) would carry its schedule over."""
+    ours = {"num_classes": model.get_layer(MAIN_OUTPUT).output.shape[-1], "alpha": settings.alpha}
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = fetch_fine_tune_source(source, Path(scratch))
+        if not weights.name.endswith(".weights.h5"):
+            raise StageError(f"--fine-tune-from {source}: expected a .weights.h5 file")
+        config_path = weights.parent / model_folder.CONFIG_FILE
+        if config_path.is_file():
+            try:
+                other = json.loads(config_path.read_text())
+            except json.JSONDecodeError as error:
+                raise StageError(
+                    f"--fine-tune-from {source}: {config_path.name} is not valid JSON ({error})"
+                ) from error
+            model_folder.check_config(other, f"--fine-tune-from {source}: {config_path.name}")
+            for key, value in ours.items():
+                if other[key] != value:
+                    raise StageError(
+                        f"--fine-tune-from {source} has {key} {other[key]}, this run {value}: "
+                        "its weights do not fit"
+                    )
+        trained = inference.build_with_weights(
+            weights,
+            ours["num_classes"],
+            settings.image_size,
+            settings.alpha,
+            f"--fine-tune-from {source} cannot be loaded",
+        )
+    inference.copy_weights(trained, model)
+    log.info("fine-tuning from %s", source)
+
+
+def tensorboard_dir(output_dir: Path) -> str:
+    """Vertex AI sets AIP_TENSORBOARD_LOG_DIR when the job has a TensorBoard instance."""
+    return os.environ.get("AIP_TENSORBOARD_LOG_DIR") or str(output_dir / "logs")
+
+
+def run_key(data: PreparedData, settings: TrainSettings, scale: Scaling, mixed: bool) -> dict:
+    """What a checkpoint must share with a run to be resumed by it: what shapes the variables
+    (labels, size, alpha, optimizer, mixed precision's loss scale) and what the remaining
+    epochs would train differently (epochs, steps, learning-rate schedule, loss weights)."""
+    return {
+        "labels": data.labels,
+        "image_size": list(settings.image_size),
+        "alpha": settings.alpha,
+        "optimizer": settings.optimizer,
+        "mixed_precision": mixed,
+        "epochs": settings.epochs,
+        "steps_per_epoch": scale.steps_per_epoch,
+        "learning_rate": scale.learning_rate,
+        "schedule": settings.schedule,
+        "loss_weights": list(settings.loss_weights),
+    }
+
+
+def training_data(
+    data: PreparedData,
+    settings: TrainSettings,
+    scale: Scaling,
+    target_sizes: dict[str, tuple[int, int]],
+) -> tf.data.Dataset:
+    """Batches of the global batch size, which Keras splits across the replicas; on several
+    machines each keeps its own part of every batch."""
+    batches = dataset.make_dataset(
+        data.shards["train"],
+        settings.image_size,
+        scale.global_batch_size,
+        training=True,
+        normalization=NORMALIZATION,
+        seed=settings.seed,
+        target_sizes=target_sizes,
+        ignore_class_zero=settings.ignore_class_zero,
+    )
+    return distribute.shard_by_data(batches)
+
+
+def chief_callbacks(
+    data: PreparedData, settings: TrainSettings, output_dir: Path, history: list[dict], key: dict
+) -> tuple[callbacks.Validation, list[keras.callbacks.Callback]]:
+    """The chief's validation and its callbacks, the checkpoint last: it commits the epoch."""
+    val_data = dataset.make_dataset(
+        data.shards["val"],
+        settings.image_size,
+        settings.batch_size,
+        training=False,
+        normalization=NORMALIZATION,
+    )
+    validation = callbacks.Validation(val_data, data.labels, settings.ignore_class_zero)
+    return validation, [
+        validation,
+        callbacks.LearningRate(),
+        callbacks.Scalars(tensorboard_dir(output_dir)),
+        callbacks.EpochCheckpoint(output_dir / checkpoints.DIRECTORY, history, key),
+    ]
+
+
+def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
+    """Train (or resume), write the model directory, return the final metrics.
+
+    On several machines every one trains, and only the chief writes and returns the metrics
+    (the others return {}).
+    """
+    check_settings(settings)
+    tf_config = cluster.cluster_config(os.environ)
+    strategy = distribute.make_strategy(tf_config)  # first: it may set up TensorFlow's devices
+    chief = cluster.is_chief(tf_config)
+    data = data_folder.read_prepared(data_dir)
+    output_dir = Path(output_dir)
+    mixed = use_mixed_precision(settings.mixed_precision)
+    scale = scaling(settings, strategy.num_replicas_in_sync, data.records["train"])
+    key = run_key(data, settings, scale, mixed)
+    resume_from = checkpoints.latest(output_dir / checkpoints.DIRECTORY, key)  # the chief's
+    keras.utils.set_random_seed(settings.seed)  # the same everywhere: see shard_by_data
+    log.info(
+        "training on %d records, validating on %d; %d classes, %s, alpha %s, "
+        "%d steps x %d epochs, mixed precision %s",
+        data.records["train"], data.records["val"], len(data.labels),
+        "x".join(map(str, settings.image_size)), settings.alpha,
+        scale.steps_per_epoch, settings.epochs, "on" if mixed else "off",
+    )  # fmt: skip
+    log.info(
+        "%s: %d replica(s) x batch %d = global batch %d, learning rate %g (%g per replica)",
+        cluster.task_name(tf_config), scale.replicas, settings.batch_size,
+        scale.global_batch_size, scale.learning_rate, settings.learning_rate,
+    )  # fmt: skip
+    with strategy.scope():
+        total_steps = scale.steps_per_epoch * settings.epochs
+        model = build_model(len(data.labels), settings, total_steps, mixed, scale.replicas)
+        history: list[dict] = []
+        if resume_from:
+            history = checkpoints.restore(resume_from, model)["history"]
+            log.info("resuming from %s (epoch %d done)", resume_from.name, len(history))
+            if settings.fine_tune_from:
+                log.info("not loading --fine-tune-from again: the checkpoint supersedes it")
+        elif settings.fine_tune_from:
+            load_fine_tune_weights(model, settings.fine_tune_from, settings)
+    train_data = training_data(data, settings, scale, output_sizes(model))
+    validation, chief_only = None, []  # only the chief validates and writes
+    if chief:
+        validation, chief_only = chief_callbacks(data, settings, output_dir, history, key)
+    if len(history) < settings.epochs:
+        model.fit(
+            train_data,
+            epochs=settings.epochs,
+            initial_epoch=len(history),
+            steps_per_epoch=scale.steps_per_epoch,
+            callbacks=chief_only,
+            shuffle=False,  # the dataset shuffles itself (Keras cannot shuffle a tf.data one)
+            verbose=2,
+        )
+    if not chief:
+        log.info("done: the chief writes the model dir %s", output_dir)
+        return {}
+    final = {f"val_{name}": value for name, value in validation.evaluate_once(model).items()}
+    final["epochs"] = len(history)
+    final["final_loss"] = history[-1].get("loss") if history else None
+    write_model_dir(output_dir, model, data, settings, history, final, scale, mixed)
+    log.info(
+        "done: val pixel accuracy %s, val mean IoU %s -> %s",
+        final["val_pixel_accuracy"],
+        final["val_mean_iou"],
+        output_dir,
+    )
+    return final
+
+
+def write_model_dir(
+    output_dir: Path,
+    model: keras.Model,
+    data: PreparedData,
+    settings: TrainSettings,
+    history: list[dict],
+    scores: dict,
+    scale: Scaling,
+    mixed_precision: bool,
+) -> None:
+    """The model folder (model_folder.py): weights, history, scores, and config.json last."""
+    training = asdict(settings)
+    del training["image_size"], training["alpha"]
+    training |= {
+        "steps_per_epoch": scale.steps_per_epoch,
+        "mixed_precision": "on" if mixed_precision else "off",
+        "replicas": scale.replicas,
+        "global_batch_size": scale.global_batch_size,
+        "effective_learning_rate": scale.learning_rate,
+        "train_records": data.records["train"],
+        "val_records": data.records["val"],
+    }
+    model_folder.write_model_dir(
+        output_dir,
+        write_weights=model.save_weights,
+        config={
+            "labels": data.labels,
+            "num_classes": len(data.labels),
+            "image_size": list(settings.image_size),
+            "alpha": settings.alpha,
+            "normalization": asdict(NORMALIZATION),
+            "main_output": MAIN_OUTPUT,
+            "training": training,
+        },
+        history=history,
+        training_metrics=scores,
+    )
