@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from image_segmentation import export, icnet, labels, model_folder
+from image_segmentation import export, exporter, icnet, labels, model_folder
 
 IMAGE_SIZE = (768, 768)
 ALPHAS = (1.0, 0.25)
@@ -86,7 +86,7 @@ def run(runs: int = 5) -> dict:
             sizes, seconds, results = {}, {}, {}
             for variant, options in VARIANTS.items():
                 started = time.perf_counter()
-                results[variant] = export.export_model(
+                results[variant] = exporter.export_model(
                     tmp / name / "model", tmp / name / variant, replace(options, model_name=name)
                 )
                 seconds[variant] = round(time.perf_counter() - started, 1)

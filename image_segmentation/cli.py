@@ -9,6 +9,7 @@ every stage's `--help` answers at once.
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 
@@ -83,3 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except StageError as error:
         return _error(error)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type for the stages' time limits: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value

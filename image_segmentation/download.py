@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from image_segmentation import ade20k, archive, disk, fetch, files
+from image_segmentation import ade20k, archive, cli, disk, fetch, files
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -248,17 +247,6 @@ def resolve_size(text: str, sha1: str | None) -> int | None:
     return int(text)
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
-
-
 def retry_count(text: str) -> int:
     """An argparse type: a whole number of retries, 0 or more."""
     if not text.strip().isdigit():
@@ -316,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=positive_seconds,
+        type=cli.positive_seconds,
         default=60.0,
         help="seconds to wait for the server to connect or send data; a download that gets "
         f"less than {fetch.MIN_BYTES_PER_SECOND} bytes/s over that long has stalled and is "

@@ -30,8 +30,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
-from image_segmentation import export_folder, files, model_folder, storage
-from image_segmentation.download import positive_seconds
+from image_segmentation import cli, export_folder, files, model_folder, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--deadline",
-        type=positive_seconds,
+        type=cli.positive_seconds,
         default=DEFAULT_DEADLINE,
         help="seconds to keep retrying a failing Cloud Storage request (unreachable, 429, 5xx) "
         "before giving up",

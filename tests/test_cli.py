@@ -20,15 +20,7 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow"
 """
 
 
-NOT_YET_SPLIT = pytest.mark.xfail(
-    run=False, reason="export.py still imports TensorFlow and coremltools at import"
-)
-
-
-@pytest.mark.parametrize(
-    "stage",
-    [pytest.param(s, marks=NOT_YET_SPLIT) if s == "export" else s for s in cli.STAGES],
-)
+@pytest.mark.parametrize("stage", cli.STAGES)
 def test_help_imports_no_tensorflow(stage):
     started = time.monotonic()
     result = subprocess.run(

@@ -21,10 +21,12 @@ from PIL import Image
 
 from image_segmentation import (
     cli,
+    coreml,
     coreml_spec,
     dataset,
     export,
     export_folder,
+    exporter,
     icnet,
     inference,
     model_folder,
@@ -82,7 +84,7 @@ def default_export(model_dir, tmp_path_factory) -> tuple[Path, dict]:
     ADE20K images."""
     output = tmp_path_factory.mktemp("export")
     options = export.ExportOptions(check_images=ADE_SAMPLE / "images", version="2.1")
-    return output, export.export_model(model_dir, output, options)
+    return output, exporter.export_model(model_dir, output, options)
 
 
 def metadata(spec) -> dict:
@@ -233,7 +235,7 @@ def test_verify_rejects_a_spec_that_differs(default_export):
 def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
     model_dir = write_model_dir(tmp_path / "model", OTHER_NORMALIZATION)
     options = export.ExportOptions(format="neuralnetwork", output="labels", tflite=False)
-    result = export.export_model(model_dir, tmp_path / "out", options)
+    result = exporter.export_model(model_dir, tmp_path / "out", options)
     spec = ct.utils.load_spec(str(tmp_path / "out" / "icnet.mlmodel"))
     assert spec.WhichOneof("Type") == "neuralNetwork"
     assert spec.specificationVersion <= ct.target.iOS14.value
@@ -250,7 +252,7 @@ def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
 @pytest.mark.slow
 def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tmp_path):
     options = export.ExportOptions(output="full", palettize=True, tflite=False, model_name="p8")
-    result = export.export_model(model_dir, tmp_path, options)
+    result = exporter.export_model(model_dir, tmp_path, options)
     spec = ct.utils.load_spec(str(tmp_path / "p8.mlpackage"))
     assert list(spec.description.output[0].type.multiArrayType.shape) == [1, *SIZE, len(LABELS)]
     assert coreml_spec.weight_types(spec)["palettized"] > 0
@@ -262,14 +264,14 @@ def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tm
 def test_label_and_full_outputs_agree_with_the_probabilities(model_dir):
     inference_model, _ = inference.load_inference_model(model_dir)
     images = np.random.default_rng(0).uniform(-0.5, 0.5, size=(2, *SIZE, 3)).astype("float32")
-    full = export.with_output(inference_model, "full")(images, training=False).numpy()
-    label_map = export.with_output(inference_model, "labels")(images, training=False).numpy()
+    full = exporter.with_output(inference_model, "full")(images, training=False).numpy()
+    label_map = exporter.with_output(inference_model, "labels")(images, training=False).numpy()
     assert full.shape == (2, *SIZE, len(LABELS))
     assert label_map.shape == (2, *SIZE) and label_map.dtype == np.int32
     np.testing.assert_array_equal(label_map, full.argmax(-1))
-    assert export.with_output(inference_model, "probabilities") is inference_model
+    assert exporter.with_output(inference_model, "probabilities") is inference_model
     with pytest.raises(StageError, match="unknown output 'logits'"):
-        export.with_output(inference_model, "logits")
+        exporter.with_output(inference_model, "logits")
 
 
 def test_export_at_another_size_keeps_the_weights(model_dir):
@@ -334,22 +336,22 @@ def test_bad_model_directories_are_refused(model_dir, tmp_path):
     """Refused before anything is written (model_dir's own tests cover each check)."""
     out = tmp_path / "out"
     with pytest.raises(StageError, match=r"model dir \S+/missing does not exist"):
-        export.export_model(tmp_path / "missing", out, export.ExportOptions())
+        exporter.export_model(tmp_path / "missing", out, export.ExportOptions())
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
-        export.export_model(incomplete, out, export.ExportOptions())
+        exporter.export_model(incomplete, out, export.ExportOptions())
     config = model_folder.require_complete(model_dir)
     model_folder.weights_path(incomplete).write_bytes(
         model_folder.weights_path(model_dir).read_bytes()
     )
     (incomplete / model_folder.CONFIG_FILE).write_text(json.dumps({**config, "labels": LABELS[:3]}))
     with pytest.raises(StageError, match="num_classes is 4 but labels lists 3"):
-        export.export_model(incomplete, out, export.ExportOptions())
+        exporter.export_model(incomplete, out, export.ExportOptions())
     other_alpha = write_model_dir(tmp_path / "alpha", LEGACY_NORMALIZATION, alpha=0.5)
     (other_alpha / model_folder.CONFIG_FILE).write_text(json.dumps(config))  # claims alpha 0.25
     with pytest.raises(StageError, match=r"cannot be loaded into the model config\.json describes"):
-        export.export_model(other_alpha, out, export.ExportOptions())
+        exporter.export_model(other_alpha, out, export.ExportOptions())
     assert not out.exists()
 
 
@@ -367,7 +369,7 @@ def test_bad_options_are_refused(model_dir, tmp_path):
     }
     for message, options in cases.items():
         with pytest.raises(StageError, match=message):
-            export.export_model(model_dir, tmp_path / "out", options)
+            exporter.export_model(model_dir, tmp_path / "out", options)
     assert not (tmp_path / "out").exists()
 
 
@@ -381,3 +383,7 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", "--model-dir", "m", "--output-dir", "o", "--output", "logits"])
     assert exit_info.value.code == 2
+
+
+def test_every_output_choice_has_a_core_ml_output_name():
+    assert tuple(coreml.COREML_OUTPUT_NAMES) == export.OUTPUT_KINDS
