@@ -16,7 +16,6 @@ here, so the light stages can use it.
 
 import contextlib
 import io
-import json
 import re
 import struct
 from collections.abc import Iterator
@@ -94,18 +93,8 @@ def _is_shard(name: str, split: str) -> bool:
 def read_stats(data_dir: Path) -> dict:
     """The checked stats.json of a complete folder, whose labels.txt names the same classes."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise StageError(f"data dir {data_dir} does not exist")
     path = data_dir / STATS_FILE
-    if not path.is_file():
-        raise StageError(
-            f"{data_dir} has no {STATS_FILE}: prepare did not finish there, or it is not the "
-            "prepare stage's output"
-        )
-    try:
-        stats = json.loads(path.read_text())
-    except ValueError as error:
-        raise StageError(f"{path} is not valid JSON: {error}") from None
+    stats = files.read_completion_marker(data_dir, STATS_FILE, "data dir", "prepare")
     check_stats(stats, str(path))
     labels_path = data_dir / LABELS_FILE
     if not labels_path.is_file():

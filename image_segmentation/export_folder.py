@@ -10,7 +10,6 @@ stage refuses it, or one whose files differ from what a whole export holds, with
 StageError. No TensorFlow here.
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -118,18 +117,8 @@ def require_complete(export_dir: Path) -> dict:
     an export of its kind writes (the Core ML model and labels.txt at least), that each is
     there with the size it records, and that labels.txt holds its labels."""
     export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise StageError(f"export dir {export_dir} does not exist or is not a folder")
     path = export_dir / RECORD_FILE
-    if not path.is_file():
-        raise StageError(
-            f"{export_dir} has no {RECORD_FILE}: the export did not finish, or it is not "
-            "the export stage's output"
-        )
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise StageError(f"{path} is not valid JSON: {error}") from error
+    record = files.read_completion_marker(export_dir, RECORD_FILE, "export dir", "export")
     if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
         version = record.get("format_version") if isinstance(record, dict) else None
         raise StageError(

@@ -6,6 +6,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from image_segmentation.errors import StageError
+
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Let `write` fill a temporary file beside `path`, then rename it into place.
@@ -27,3 +29,30 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def write_json(path: Path, value: object) -> None:
     """Write `value` as indented JSON, atomically."""
     atomic_write(path, lambda part: part.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def read_completion_marker(folder: Path, marker: str, kind: str, stage: str) -> object:
+    """The JSON file a stage writes last into its output `folder`, parsed.
+
+    Every stage's output folder has one (stats.json, config.json, export.json): its absence
+    means the stage did not finish. `kind` names the folder ("model dir") and `stage` the stage
+    that writes it ("train") in the one-line errors.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StageError(f"{kind} {folder} does not exist")
+    path = folder / marker
+    if not path.is_file():
+        raise StageError(
+            f"{folder} has no {marker}: the {stage} stage did not finish there, or it is not "
+            f"the {stage} stage's output"
+        )
+    return read_json(path)
+
+
+def read_json(path: Path) -> object:
+    """A JSON file the stages wrote; one that does not parse is a one-line error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StageError(f"{path} is not valid JSON: {error}") from None

@@ -7,7 +7,6 @@ place and `config.json` is written last: a folder without it is incomplete, and 
 refuses it with a one-line StageError. No TensorFlow here, so light stages can read a folder.
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,25 +65,10 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise StageError(f"{path} is not valid JSON: {error}") from error
-
-
 def require_complete(model_dir: Path) -> dict:
     """The checked config of a complete model folder: config.json valid, weights present."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise StageError(f"model dir {model_dir} does not exist")
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise StageError(
-            f"{model_dir} has no {CONFIG_FILE}: training did not finish, or it is not "
-            "the train stage's output"
-        )
-    config = _read_json(config_path)
+    config_path = Path(model_dir) / CONFIG_FILE
+    config = files.read_completion_marker(model_dir, CONFIG_FILE, "model dir", "train")
     check_config(config, str(config_path))
     weights = weights_path(model_dir)
     if not weights.is_file():
@@ -108,7 +92,7 @@ def read_history(model_dir: Path) -> list[dict]:
     path = Path(model_dir) / HISTORY_FILE
     if not path.is_file():
         return []
-    history = _read_json(path)
+    history = files.read_json(path)
     if not isinstance(history, list):
         raise StageError(f"{path}: expected a list of per-epoch entries")
     return [entry for entry in history if isinstance(entry, dict)]
@@ -119,7 +103,7 @@ def read_training_metrics(model_dir: Path) -> dict | None:
     path = Path(model_dir) / TRAINING_METRICS_FILE
     if not path.is_file():
         return None
-    scores = _read_json(path)
+    scores = files.read_json(path)
     if not isinstance(scores, dict):
         raise StageError(f"{path} does not hold a JSON object")
     return scores

@@ -875,7 +875,7 @@ def without_core_ml(export: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
-        (lambda d: (d / "export.json").unlink(), "has no export.json: the export did not finish"),
+        (lambda d: (d / "export.json").unlink(), "has no export.json: the export stage"),
         (lambda d: (d / "model_fp16.tflite").unlink(), "model_fp16.tflite is missing"),
         (lambda d: os.truncate(d / "model.tflite", 4000), "model.tflite is 4000 bytes, not 9000"),
         (without_core_ml, "does not list a complete model export (mlprogram, with TFLite): no "
@@ -945,7 +945,7 @@ def test_upload_refuses_a_bad_deadline(tmp_path, value):
 @pytest.mark.parametrize(
     ("where", "destination", "words"),
     [
-        ("missing", "gs://published/seg", "export dir {export} does not exist or is not a folder"),
+        ("missing", "gs://published/seg", "export dir {export} does not exist"),
         ("export", "s3://published/seg", "not a gs:// URI: 's3://published/seg'"),
         ("export", "gs://b/seg", "bad bucket name 'b' in 'gs://b/seg'"),
         ("export", "gs://no-such-bucket/seg", "bucket gs://no-such-bucket does not exist"),

@@ -121,7 +121,7 @@ def break_folder(case: str, folder: Path) -> Path:
     ("case", "words"),
     [
         ("missing dir", r"data dir .*nothing-here does not exist"),
-        ("no stats", r"has no stats\.json: prepare did not finish there, or it is not"),
+        ("no stats", r"has no stats\.json: the prepare stage did not finish there, or it is not"),
         ("stats not json", r"stats\.json is not valid JSON"),
         ("format 1", r"unsupported format_version 1 \(this code reads 2\); run prepare again"),
         ("shard outside", r"splits\.val needs 'shards' \(val shard names\)"),

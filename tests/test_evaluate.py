@@ -187,13 +187,13 @@ def test_labels_of_model_and_data_must_agree(tmp_path, model_dir, masks):
 def test_missing_inputs_are_clear_errors(tmp_path, data_dir, model_dir):
     with pytest.raises(StageError, match=r"model dir .* does not exist"):
         evaluator.evaluate(tmp_path / "nope", data_dir, tmp_path / "out")
-    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+    with pytest.raises(StageError, match=r"has no config\.json: the train stage did not finish"):
         evaluator.evaluate(data_dir, data_dir, tmp_path / "out")  # not a model folder
     with pytest.raises(StageError, match=r"data dir .* does not exist"):
         evaluator.evaluate(model_dir, tmp_path / "nope", tmp_path / "out")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(StageError, match=r"no stats\.json: prepare did not finish there"):
+    with pytest.raises(StageError, match=r"no stats\.json: the prepare stage did not finish there"):
         evaluator.evaluate(model_dir, empty, tmp_path / "out")
     with pytest.raises(StageError, match="no val records"):
         evaluator.evaluate(model_dir, write_data_dir(empty, masks=[]), tmp_path / "out")

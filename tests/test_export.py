@@ -339,7 +339,7 @@ def test_bad_model_directories_are_refused(model_dir, tmp_path):
         exporter.export_model(tmp_path / "missing", out, export.ExportOptions())
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
-    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+    with pytest.raises(StageError, match=r"has no config\.json: the train stage did not finish"):
         exporter.export_model(incomplete, out, export.ExportOptions())
     config = model_folder.require_complete(model_dir)
     model_folder.weights_path(incomplete).write_bytes(

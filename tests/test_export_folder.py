@@ -95,7 +95,7 @@ def drop_from_record(directory: Path, name: str) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda d: (d / "export.json").unlink(), "has no export.json: the export did not finish"),
+        (lambda d: (d / "export.json").unlink(), "has no export.json: the export stage"),
         (lambda d: (d / "export.json").write_text("{"), "export.json is not valid JSON"),
         (
             lambda d: (d / "icnet.tflite").unlink(),
@@ -192,7 +192,7 @@ def test_a_publish_that_fails_midway_leaves_no_export_json(tmp_path):
     with pytest.raises(StageError, match=r"cannot write the export to \S+/out: .*icnet_fp16"):
         export_folder.publish(staging, out, NAMES, DESCRIPTION)
     assert (out / "icnet.tflite").exists() and not (out / "export.json").exists()
-    with pytest.raises(StageError, match=r"has no export\.json: the export did not finish"):
+    with pytest.raises(StageError, match=r"has no export\.json: the export stage did not finish"):
         export_folder.require_complete(out)
 
 

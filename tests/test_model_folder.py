@@ -69,7 +69,7 @@ def test_a_failed_write_leaves_an_incomplete_folder(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         write(tmp_path / "model", weights=failing)
-    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+    with pytest.raises(StageError, match=r"has no config\.json: the train stage did not finish"):
         model_folder.require_complete(tmp_path / "model")
 
 

@@ -294,7 +294,7 @@ def test_bad_inputs(gcs_client, tmp_path):
         upload.upload_model(export, "gs://inputs/m", "icnet", "../v1")
     with pytest.raises(StageError, match="bucket gs://no-such-bucket does not exist"):
         upload.upload_model(export, "gs://no-such-bucket/m", "icnet", "v1")
-    with pytest.raises(StageError, match=r"has no config\.json: training did not finish"):
+    with pytest.raises(StageError, match=r"has no config\.json: the train stage did not finish"):
         upload.upload_model(export, "gs://inputs/m", "icnet", "v1", model_dir=tmp_path)
     assert list(gcs_client.list_blobs("inputs")) == []
 
@@ -306,7 +306,7 @@ def test_an_incomplete_export_is_refused_before_any_upload(gcs_client, tmp_path)
     with pytest.raises(StageError, match=r"model\.tflite is 35 bytes, not 9000"):
         upload.upload_model(export, "gs://partial/m", "icnet", "v1")
     (export / "export.json").unlink()  # as after an export that did not finish
-    with pytest.raises(StageError, match=r"has no export\.json: the export did not finish"):
+    with pytest.raises(StageError, match=r"has no export\.json: the export stage did not finish"):
         upload.upload_model(export, "gs://partial/m", "icnet", "v1")
     assert list(gcs_client.list_blobs("partial")) == []
 
