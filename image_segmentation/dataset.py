@@ -17,7 +17,6 @@ from image_segmentation import data_folder, records
 from image_segmentation.errors import StageError
 
 IGNORE = data_folder.IGNORE
-list_shards = data_folder.list_shards  # tests/test_train.py calls it here; then it can go
 
 
 @dataclass(frozen=True)
