@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import export_folder, train
+from image_segmentation import export_folder, model_folder, train
 
 FORMATS = tuple(export_folder.COREML_SUFFIXES)
 PRECISIONS = ("float16", "float32")
@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         check_images=args.check_images,
     )
-    from image_segmentation import exporter  # TensorFlow and coremltools: only to export
+    model_folder.require_complete(args.model_dir)  # a bad folder is refused in a second, not
+    from image_segmentation import exporter  # after TensorFlow and coremltools load
 
     result = exporter.export_model(args.model_dir, args.output_dir, options)
     print(json.dumps({"files": result["files"], "tflite": result["tflite"]}, indent=2))
