@@ -54,13 +54,7 @@ def shard_names(split: str, num_shards: int, generation: int = 1) -> list[str]:
 
 def check_stats(stats: object, source: str) -> None:
     """Refuse stats that do not describe a folder this code reads; `source` names them."""
-    if not isinstance(stats, dict):
-        raise StageError(f"{source} does not hold a JSON object")
-    if stats.get("format_version") != FORMAT_VERSION:
-        raise StageError(
-            f"{source}: unsupported format_version {stats.get('format_version')!r} (this code "
-            f"reads {FORMAT_VERSION}); run prepare again"
-        )
+    files.check_format(stats, source, FORMAT_VERSION, "; run prepare again")
     generation = stats.get("generation")
     if not (isinstance(generation, int) and not isinstance(generation, bool) and generation > 0):
         raise StageError(f"{source}: generation needs a whole number > 0, got {generation!r}")

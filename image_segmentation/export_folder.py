@@ -119,11 +119,7 @@ def require_complete(export_dir: Path) -> dict:
     export_dir = Path(export_dir)
     path = export_dir / RECORD_FILE
     record = files.read_completion_marker(export_dir, RECORD_FILE, "export dir", "export")
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        version = record.get("format_version") if isinstance(record, dict) else None
-        raise StageError(
-            f"{path}: unsupported format_version {version!r} (this code reads {FORMAT_VERSION})"
-        )
+    files.check_format(record, str(path), FORMAT_VERSION)
     _check_description(record, path)
     problems = []
     for name, size in record["files"].items():

@@ -56,3 +56,15 @@ def read_json(path: Path) -> object:
         return json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise StageError(f"{path} is not valid JSON: {error}") from None
+
+
+def check_format(data: object, source: str, version: int, advice: str = "") -> None:
+    """Refuse JSON that is not an object of the `format_version` this code reads; `source`
+    names it and `advice` (e.g. "; run prepare again") ends the one-line error."""
+    if not isinstance(data, dict):
+        raise StageError(f"{source} does not hold a JSON object")
+    if data.get("format_version") != version:
+        raise StageError(
+            f"{source}: unsupported format_version {data.get('format_version')!r} "
+            f"(this code reads {version}){advice}"
+        )

@@ -27,13 +27,7 @@ def weights_path(model_dir: Path) -> Path:
 
 def check_config(config: object, source: str) -> None:
     """Refuse a config that the model cannot be rebuilt from; `source` names it in the error."""
-    if not isinstance(config, dict):
-        raise StageError(f"{source} does not hold a JSON object")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise StageError(
-            f"{source}: unsupported format_version {config.get('format_version')!r} "
-            f"(this code reads {FORMAT_VERSION})"
-        )
+    files.check_format(config, source, FORMAT_VERSION)
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise StageError(f"{source} lacks {', '.join(missing)}")
