@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 WORK ?= work
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock test lint demo bench clean
+.PHONY: help setup lock test lint demo bench gpu-wheels clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: setup ## Run every stage locally on a generated ADE20K-layout dataset
 
 bench: setup ## Benchmarks (BENCH="bench_prepare ..." to pick); results in benchmarks/results/
 	$(PY) -m benchmarks.run $(BENCH)
+
+gpu-wheels: setup ## Fill benchmarks/gpu/wheels/ for benchmarks/gpu/run.sh (needs the index)
+	benchmarks/gpu/fetch_wheels.sh $(PY)
 
 clean: ## Remove generated work files (keeps .venv)
 	rm -rf $(WORK) .pytest_cache .ruff_cache
@@ -93,6 +96,19 @@ build/wheels/%/.complete: docker/%.lock | setup
 	touch $@
 
 wheels: $(foreach i,$(IMAGES),build/wheels/$(i)/.complete) ## Fetch the images' locked wheels
+
+# Keras' ImageNet ResNet-50 (no top) for `train --init imagenet`, checked with the hash Keras
+# itself checks; the train image carries it, so a run downloads nothing.
+RESNET50_WEIGHTS := build/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+RESNET50_URL := https://storage.googleapis.com/tensorflow/keras-applications/resnet
+RESNET50_MD5 := 4d473c1dd8becc155b73f8504c6f6626
+$(RESNET50_WEIGHTS):
+	mkdir -p $(@D)
+	curl -fsSL -o $@.partial $(RESNET50_URL)/$(@F)
+	echo "$(RESNET50_MD5)  $@.partial" | md5sum --check --quiet -
+	mv $@.partial $@
+
+image-train: $(RESNET50_WEIGHTS)
 
 image-%: build/wheels/%/.complete
 	$(CONTAINER_ENGINE) build --network=none -f docker/$*.Dockerfile \

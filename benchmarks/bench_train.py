@@ -72,7 +72,9 @@ def measure(
     in_memory: bool = False,
 ) -> dict:
     settings = train.TrainSettings(image_size=IMAGE_SIZE, alpha=ALPHA, batch_size=batch_size)
-    model = trainer.build_model(num_classes, settings, warmup_steps + steps, mixed_precision)
+    model = trainer.build_model(
+        [1.0] * num_classes, settings, warmup_steps + steps, mixed_precision
+    )
     data = dataset.make_dataset(
         shards,
         IMAGE_SIZE,

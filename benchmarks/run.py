@@ -11,7 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("bench_prepare", "bench_train", "bench_export")
+BENCHMARKS = (
+    "bench_prepare",
+    "bench_input",
+    "bench_train",
+    "bench_model",
+    "bench_export",
+    "bench_learning",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

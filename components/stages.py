@@ -91,6 +91,8 @@ def train_component(images: Images):
         batch_size: int,
         learning_rate: float,
         steps_per_epoch: int,
+        init: str,
+        resize: str,
         model: Output[Model],
         metrics: Output[Metrics],
     ):
@@ -107,6 +109,8 @@ def train_component(images: Images):
                 "--batch-size", batch_size,
                 "--learning-rate", learning_rate,
                 "--steps-per-epoch", steps_per_epoch,
+                "--init", init,
+                "--resize", resize,
             ],
         )  # fmt: skip
 
@@ -124,8 +128,8 @@ def evaluate_component(images: Images):
         report: Output[HTML],
         miou: dsl.OutputPath(float),
     ):
-        """Score the model on the whole validation split; `miou` (mean IoU ignoring class 0,
-        the ADE20K convention) is the value the quality gate tests."""
+        """Score the model on the whole validation split; `miou` (mean IoU, 'none' scored as a
+        class, unlabelled pixels not) is the value the quality gate tests."""
         return dsl.ContainerSpec(
             image=images.for_stage("evaluate"),
             command=stage_command("evaluate"),
@@ -158,13 +162,18 @@ def not_published_component(images: Images):
 
 def convert_component(images: Images):
     @dsl.container_component
-    def convert(model: Input[Model], exported: Output[Model]):
-        """Convert the trained model to Core ML (.mlpackage) and TFLite."""
+    def convert(model: Input[Model], evaluation: Input[Artifact], exported: Output[Model]):
+        """Convert the trained model to Core ML (.mlpackage) and TFLite; export.json carries
+        the evaluate stage's metrics of it."""
         return dsl.ContainerSpec(
             image=images.for_stage("convert"),
             command=stage_command("export"),
-            args=["--model-dir", model.path, "--output-dir", exported.path],
-        )
+            args=[
+                "--model-dir", model.path,
+                "--evaluation-dir", evaluation.path,
+                "--output-dir", exported.path,
+            ],
+        )  # fmt: skip
 
     return convert
 

@@ -10,6 +10,17 @@ RUN --mount=type=bind,source=build/wheels/train,target=/tmp/wheels \
     python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
         --require-hashes --only-binary=:all: -r /opt/requirements.lock
+# `train --init imagenet` loads Keras' ImageNet ResNet-50 file from the Keras cache, so a run
+# downloads nothing. The file is fetched on the host like the wheels (build/weights/); loading
+# it here checks it against the hash in Keras (a wrong file makes Keras download, which fails
+# offline). Keras reads its cache only from a folder it can write: the stage user owns it.
+ENV KERAS_HOME=/opt/keras
+RUN --mount=type=bind,source=build/weights,target=/tmp/weights \
+    install -D -m 0644 -t /opt/keras/models \
+        /tmp/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 \
+    && /opt/venv/bin/python -c "import keras; \
+        keras.applications.ResNet50(weights='imagenet', include_top=False)" \
+    && chown -R 10001 /opt/keras
 COPY image_segmentation/ /opt/app/image_segmentation/
 RUN python3 -m compileall -q /opt/app \
     && useradd --uid 10001 --no-create-home --home-dir /tmp stage

@@ -15,19 +15,14 @@ from image_segmentation import checkpoints, icnet, metrics, scoring
 log = logging.getLogger(__name__)
 
 
-def validation_metrics(
-    confusion: np.ndarray, class_labels: list[str], ignore_class_zero: bool
-) -> dict:
-    """The run's headline convention (all classes, or without "none" with
-    --ignore-class-zero) and always the ADE20K benchmark one ("_ignore_none")."""
-    main = metrics.convention_summary(confusion, class_labels, skip_class_zero=ignore_class_zero)
-    benchmark = metrics.convention_summary(confusion, class_labels, skip_class_zero=True)
+def validation_metrics(confusion: np.ndarray, class_labels: list[str]) -> dict:
+    """Pixel accuracy, mean IoU and per-class IoU in the quality gate's convention
+    (`metrics.py`)."""
+    summary = metrics.summary(confusion, class_labels)
     return {
-        "pixel_accuracy": main["pixel_accuracy"],
-        "mean_iou": main["mean_iou"],
-        "pixel_accuracy_ignore_none": benchmark["pixel_accuracy"],
-        "mean_iou_ignore_none": benchmark["mean_iou"],
-        "class_iou": main["class_iou"],
+        "pixel_accuracy": summary["pixel_accuracy"],
+        "mean_iou": summary["miou"],
+        "class_iou": summary["class_iou"],
     }
 
 
@@ -36,10 +31,9 @@ class Validation(keras.callbacks.Callback):
     logs, scoring the model as it ships: the main output's probabilities
     (`icnet.inference_model`), scored by `scoring.py` like the evaluate stage does."""
 
-    def __init__(self, data: tf.data.Dataset, class_labels: list[str], ignore_class_zero: bool):
+    def __init__(self, data: tf.data.Dataset, class_labels: list[str]):
         super().__init__()
         self.data, self.class_labels = data, class_labels
-        self.ignore_class_zero = ignore_class_zero
         self.last: dict | None = None
         self._predicted_model: keras.Model | None = None
         self._predict: scoring.Predict | None = None  # traced once, not once per epoch
@@ -49,7 +43,7 @@ class Validation(keras.callbacks.Callback):
             self._predicted_model = model
             self._predict = scoring.predictor(icnet.inference_model(model))
         confusion = scoring.confusion_matrix(self._predict, self.data, len(self.class_labels))
-        self.last = validation_metrics(confusion, self.class_labels, self.ignore_class_zero)
+        self.last = validation_metrics(confusion, self.class_labels)
         return self.last
 
     def evaluate_once(self, model: keras.Model) -> dict:

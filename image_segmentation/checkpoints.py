@@ -5,7 +5,9 @@ A checkpoint holds every model and optimizer variable under its Keras path ("con
 "adam/conv1_sub1_kernel_momentum"), so it loads by name, never by position; the epoch; the
 history so far, so history.json keeps the epochs of every attempt; and the run's key, the
 settings a run must share with it to resume from it. It is one npz file, complete before it
-appears (temp + rename: a plain file rename, which a Cloud Storage FUSE mount allows).
+appears (temp + rename: a plain file rename, which a Cloud Storage FUSE mount allows). The last
+KEEP checkpoints are kept, and the best epoch's (`best_epoch`), whose weights the model folder
+publishes.
 
 Keras' BackupAndRestore callback is not used: it writes the weights (layers by their order,
 optimizer variables by index) and the epoch as two files in place, so a kill during or between
@@ -25,7 +27,9 @@ from image_segmentation import files
 from image_segmentation.errors import StageError
 
 DIRECTORY = "checkpoints"  # under the output dir
+INIT_REPORT = "init.json"  # what --init set, for the model's config
 KEEP = 2
+BEST_METRIC = "val_mean_iou"  # the quality gate's convention
 STATE = "state"  # the npz entry of the epoch, history and run key
 _FILE_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
 
@@ -41,23 +45,37 @@ def _variables(model: keras.Model) -> dict[str, keras.Variable]:
     return named
 
 
+def best_epoch(history: list[dict]) -> int:
+    """The epoch (from 1) with the highest validation mean IoU, the first of equals; the last
+    epoch when none was scored."""
+    scored = [(entry[BEST_METRIC], -entry["epoch"]) for entry in history if BEST_METRIC in entry]
+    return -max(scored)[1] if scored else history[-1]["epoch"]
+
+
+def path_of(directory: Path, epoch: int) -> Path:
+    return Path(directory) / f"epoch-{epoch:04d}.npz"
+
+
 def save(directory: Path, model: keras.Model, epoch: int, history: list[dict], run: dict) -> Path:
-    """Write the checkpoint of a completed epoch, then remove all but the last KEEP.
+    """Write the checkpoint of a completed epoch, then remove all but the last KEEP and the
+    best epoch's.
 
     The file appears only when complete, so a kill mid-write leaves the previous checkpoint as
     the latest.
     """
     arrays = {name: variable.numpy() for name, variable in _variables(model).items()}
     arrays[STATE] = np.array(json.dumps({"epoch": epoch, "history": history, "run": run}))
-    path = Path(directory) / f"epoch-{epoch:04d}.npz"
+    path = path_of(directory, epoch)
 
     def write(part: Path) -> None:
         with open(part, "wb") as file:  # a file, since np.savez adds ".npz" to a name
             np.savez(file, **arrays)
 
     files.atomic_write(path, write)
+    best = path_of(directory, best_epoch(history))
     for old in list_checkpoints(directory)[:-KEEP]:
-        old.unlink(missing_ok=True)
+        if old != best:
+            old.unlink(missing_ok=True)
     return path
 
 
@@ -73,8 +91,9 @@ def read_state(path: Path) -> dict:
         return json.loads(str(data[STATE]))
 
 
-def restore(path: Path, model: keras.Model) -> dict:
-    """Load every model and optimizer variable by name; return the checkpoint's state.
+def restore(path: Path, model: keras.Model, optimizer: bool = True) -> dict:
+    """Load every model (and unless told otherwise, optimizer) variable by name; return the
+    checkpoint's state.
 
     Nothing is loaded unless every variable has a saved value of its shape and nothing saved
     is left over.
@@ -82,6 +101,9 @@ def restore(path: Path, model: keras.Model) -> dict:
     variables = _variables(model)
     with np.load(path, allow_pickle=False) as data:
         saved = {name: data[name] for name in data.files}
+    if not optimizer:
+        variables = {k: v for k, v in variables.items() if not k.startswith("optimizer/")}
+        saved = {k: v for k, v in saved.items() if not k.startswith("optimizer/")}
     state = json.loads(str(saved.pop(STATE)))
     missing = [name for name in variables if name not in saved]
     unknown = [name for name in saved if name not in variables]
@@ -125,6 +147,18 @@ def latest(directory: Path, run: dict) -> Path | None:
             "use a new --output-dir, or delete the checkpoints to start over"
         )
     return found[-1]
+
+
+def save_init_report(directory: Path, report: dict | None) -> None:
+    """Keep what a new run's --init set (`pretrained.initialize`; None: nothing), for the
+    model's config."""
+    files.write_json(Path(directory) / INIT_REPORT, report)
+
+
+def read_init_report(directory: Path) -> dict | None:
+    """The saved --init report; None when the run's weights did not start from ResNet-50."""
+    path = Path(directory) / INIT_REPORT
+    return files.read_json(path) if path.is_file() else None
 
 
 def _names(names: list[str]) -> str:

@@ -23,6 +23,7 @@ STAGES = {
     "evaluate": ("image_segmentation.evaluate", "Score a trained model on the validation split."),
     "export": ("image_segmentation.export", "Convert a trained model to Core ML and TFLite."),
     "upload": ("image_segmentation.upload", "Upload exported models to Cloud Storage."),
+    "predict": ("image_segmentation.predict", "Segment your own photos with a trained model."),
     "demo": ("image_segmentation.demo", "Run the stages end to end on generated data."),
 }
 

@@ -15,6 +15,7 @@ import keras
 from coremltools.models.neural_network import quantization_utils
 from coremltools.optimize import coreml as ct_optimize
 
+from image_segmentation import model_folder, preprocessing
 from image_segmentation.coreml_spec import INPUT_NAME, PREVIEW_PARAMS, PREVIEW_TYPE
 
 # Output kind (the export's --output) -> name of the Core ML output feature; "full" is
@@ -27,6 +28,10 @@ COREML_OUTPUT_NAMES = {
 # kmeans1d, which coremltools bundles, clusters float16 tensors of 10,000+ weights; smaller
 # ones would need scikit-learn, and hold a small share of the model's bytes anyway.
 PALETTIZE_MIN_WEIGHTS = 10_000
+PHOTO_TO_INPUT = {
+    "stretch": "resized whole to this size, aspect not kept",
+    "crop": "centre-cropped to this aspect, then resized",
+}
 
 
 def convert(
@@ -100,9 +105,13 @@ def describe(
     mlmodel.author = about["author"]
     mlmodel.license = about["license"]
     mlmodel.version = about["version"]
+    resize = model_folder.resize_mode(config)
+    crop_and_scale = preprocessing.VISION_CROP_AND_SCALE[resize]
     mlmodel.input_description[INPUT_NAME] = (
         f"RGB image, {width} wide and {height} high; the model normalizes it itself "
-        f"(pixel * {scale:.6g} {'-' if offset < 0 else '+'} {abs(offset):g}, as in training)"
+        f"(pixel * {scale:.6g} {'-' if offset < 0 else '+'} {abs(offset):g}, as in training). "
+        f"It was trained and evaluated on photos {PHOTO_TO_INPUT[resize]}: with Vision, set "
+        f"the request's imageCropAndScaleOption to .{crop_and_scale}"
     )
     mlmodel.output_description[output_name] = {
         "probabilities": f"Class probabilities (softmax) at 1/4 of the input size, "
@@ -120,6 +129,8 @@ def describe(
             "output": output_kind,
             "image_size": json.dumps(list(size)),
             "normalization": json.dumps({"scale": scale, "offset": offset}),
+            "resize": resize,
+            "vision_image_crop_and_scale_option": crop_and_scale,
             **metadata,
         }
     )

@@ -28,22 +28,26 @@ from PIL import Image
 from image_segmentation import files, labels, records
 from image_segmentation.errors import StageError
 
-FORMAT_VERSION = 2  # 1: every rerun deleted the earlier output first, and had no generation
+# 3: ADE20K's unlabelled pixels are IGNORE, apart from `none`. 2: they were merged into `none`.
+# 1: every rerun deleted the earlier output first, and had no generation.
+FORMAT_VERSION = 3
 STATS_FILE = "stats.json"  # written last: the folder's completion marker
 LABELS_FILE = "labels.txt"
 SPLITS = ("train", "val")
-IGNORE = 255  # the mask value of unlabelled pixels in training: class ids stay below it
+IGNORE = labels.IGNORE  # the mask value of unlabelled pixels: class ids stay below it
 LABEL_CHECK_RECORDS = 16  # records per split whose masks are checked against the labels
 _SHARD = re.compile(r"(train|val)-\d{5}-of-\d{5}(\.gen\d+)?\.tfrecord")
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A complete folder, checked: its class labels, and the shards and records of each split."""
+    """A complete folder, checked: its class labels, the shards and records of each split, and
+    the pixels of each class in each split (what class balancing weighs by)."""
 
     labels: list[str]
     shards: dict[str, list[Path]]
     records: dict[str, int]
+    pixel_counts: dict[str, list[int]]
 
 
 def shard_names(split: str, num_shards: int, generation: int = 1) -> list[str]:
@@ -77,6 +81,13 @@ def check_stats(stats: object, source: str) -> None:
                 f"{source}: splits.{split} needs 'shards' ({split} shard names) and "
                 "'records_per_shard' (a count for each)"
             )
+        pixels = entry.get("pixel_counts")
+        if not (
+            isinstance(pixels, dict)
+            and set(pixels) == set(names)
+            and all(isinstance(n, int) and n >= 0 for n in pixels.values())
+        ):
+            raise StageError(f"{source}: splits.{split}.pixel_counts needs a count for each label")
 
 
 def _is_shard(name: str, split: str) -> bool:
@@ -139,10 +150,13 @@ def count_records(paths: list[Path]) -> int:
 
 
 def _max_mask_value(mask_png: bytes) -> int:
-    """Largest class in a mask PNG: channel 0, which also reads the legacy RGB masks."""
+    """Largest class in a mask PNG, IGNORE left out: channel 0, which also reads the legacy RGB
+    masks (where unlabelled pixels are `none`, 0)."""
     with Image.open(io.BytesIO(mask_png)) as mask:
         pixels = np.asarray(mask)
-    return int((pixels[..., 0] if pixels.ndim == 3 else pixels).max())
+    classes = (pixels[..., 0] if pixels.ndim == 3 else pixels).ravel()
+    classes = classes[classes != IGNORE]
+    return int(classes.max()) if classes.size else 0
 
 
 def check_labels_match(shards: list[Path], num_labels: int) -> None:
@@ -189,7 +203,11 @@ def read_prepared(data_dir: Path, splits: tuple[str, ...] = SPLITS) -> PreparedD
         if not counts[split]:
             raise StageError(f"{data_dir} has no {split} records: prepare kept no {split} sample")
         check_labels_match(shards[split], len(class_labels))
-    return PreparedData(class_labels, shards, counts)
+    pixel_counts = {
+        split: [stats["splits"][split]["pixel_counts"][name] for name in class_labels]
+        for split in splits
+    }
+    return PreparedData(class_labels, shards, counts, pixel_counts)
 
 
 def _remove_unlisted(output_dir: Path, stats: dict | None) -> None:

@@ -1,11 +1,23 @@
 """The tf.data input pipeline: sharded TFRecords of the prepare stage to training batches.
 
-Images are decoded, scaled and cropped in float32 pixel space ([0, 255]) and normalized last, as
-`pixel * scale + offset`, the same formula the exported models carry. Masks are only ever
-resampled with nearest neighbour, so no class value is invented at region borders. Pixels that
-carry no label (padding added when a scaled image is smaller than the crop) get the mask value
-IGNORE, which the loss and the metrics skip: the model is never taught that a fake border is
-"none" or any other class.
+How a photo becomes the model input follows the resize mode (`preprocessing.py`): "stretch"
+(the whole photo, aspect not kept) or "crop" (aspect kept, the centre). Validation sees exactly
+that view. Training draws a random scale around the scale at which the photo just covers the
+input (per axis when stretching, the larger of the two when cropping), a random crop (padded
+where the scaled photo is smaller), a flip and a mild colour change.
+
+The CPU sets the training speed, so each sample's work is done where it is smallest. The crop's
+source window is cut from the decoded photo, and padded, first. The colour change and the
+normalization (`pixel * scale + offset`, the formula the exported models carry) are one affine
+map of its pixels, clipped to the pixel range. Only then is the window resized to the input
+size, bilinearly, antialiased only below half size, where bilinear sampling skips pixels.
+Resizing is linear, so this equals resizing first except where the clipping bites. The training
+targets at the model's output sizes are picked straight from the source mask.
+
+Masks are only ever resampled with nearest neighbour, so no class value is invented at region
+borders. Pixels that carry no label (padding added when a scaled image is smaller than the
+input) get the mask value IGNORE, which the loss and the metrics skip: the model is never
+taught that a fake border is "none" or any other class.
 """
 
 from dataclasses import dataclass
@@ -13,10 +25,16 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from image_segmentation import data_folder, records
+from image_segmentation import data_folder, model_folder, preprocessing, records
 from image_segmentation.errors import StageError
 
 IGNORE = data_folder.IGNORE
+RESIZE_MODES = model_folder.RESIZE_MODES  # "stretch", "crop": see the module docstring
+DEFAULT_RESIZE = model_folder.DEFAULT_RESIZE
+# Below half size bilinear's two taps skip whole source pixels (aliasing), so antialias there;
+# above, antialiasing changes little and costs 3x.
+ANTIALIAS_BELOW = 0.5
+LUMA = (0.299, 0.587, 0.114)  # grey = RGB . LUMA (ITU-R BT.601), the saturation change's axis
 
 
 @dataclass(frozen=True)
@@ -27,6 +45,9 @@ class Normalization:
     offset: float = -0.5  # the legacy training's x/255 - 0.5
 
 
+PIXELS = Normalization(scale=1.0, offset=0.0)  # no normalization: pixel values in [0, 255]
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random changes applied to training samples only."""
@@ -35,6 +56,9 @@ class Augmentation:
     max_scale: float = 1.5
     flip: bool = True
     color_jitter: bool = True
+    brightness: float = 20.0  # pixel levels added, at most, to every channel
+    contrast: float = 0.2  # distance from the channel mean scaled by 1 +- this, at most
+    saturation: float = 0.2  # distance from grey scaled by 1 +- this, at most
 
 
 def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -56,25 +80,83 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, mask[:, :, 0]
 
 
-def _resize_pair(
-    image: tf.Tensor, mask: tf.Tensor, height: tf.Tensor, width: tf.Tensor
+def _check_mode(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize mode {resize!r} is not one of {RESIZE_MODES}")
+
+
+def _nearest(size: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Source index of each of `size` output pixels when `length` pixels are resized to `size`:
+    the pixel under the output pixel's centre, the point bilinear resizing centres on too."""
+    centres = tf.range(size, dtype=tf.float32) + 0.5
+    step = tf.cast(length, tf.float32) / tf.cast(size, tf.float32)
+    return tf.minimum(tf.cast(centres * step, tf.int32), length - 1)
+
+
+def _gather_nearest(transposed: tf.Tensor, rows: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """mask[rows][:, columns] from the mask's transpose: gathering whole rows both times is
+    several times faster than gathering single bytes along axis 1."""
+    return tf.gather(tf.transpose(tf.gather(transposed, columns)), rows)
+
+
+def _axis_plan(
+    length: tf.Tensor, scale: tf.Tensor, size: int, position: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(start, window, pad_before, pad_after) along one axis of an image of `length` pixels
+    scaled by `scale` and cropped to `size`: the source pixels [start, start + window), padded,
+    are the size / scale pixels that become the output.
+
+    Where the scaled image is longer than `size`, the window is a part of it at a random
+    `position` (in [0, 1)) and there is no padding; elsewhere it is the whole axis, centred.
+    """
+    padded = tf.maximum(tf.cast(tf.round(size / scale), tf.int32), 1)
+    window = tf.minimum(padded, length)
+    start = tf.cast(position * tf.cast(length - window + 1, tf.float32), tf.int32)
+    before = (padded - window) // 2
+    return tf.minimum(start, length - window), window, before, padded - window - before
+
+
+def _colour_map(
+    window: tf.Tensor,
+    draws: tf.Tensor,
+    options: Augmentation,
+    normalization: Normalization,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Bilinear (antialiased when shrinking) for the float image, nearest for the mask."""
-    image = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
-    mask = tf.image.resize(mask[:, :, None], tf.stack([height, width]), method="nearest")
-    return image, mask[:, :, 0]
+    """(matrix [3, 3], bias [3]) so that pixel_row @ matrix + bias is the pixel after the colour
+    change, then normalized.
+
+    The change is brightness (add delta), contrast (scale the distance from the channel mean)
+    and saturation (scale the distance from grey), in that order: all affine, so one map.
+    `draws` holds three uniform [0, 1) numbers.
+    """
+    scale = tf.constant(normalization.scale, tf.float32)
+    if not options.color_jitter:
+        return scale * tf.eye(3), tf.fill([3], tf.constant(normalization.offset, tf.float32))
+    delta = options.brightness * (2 * draws[0] - 1)
+    contrast = 1 + options.contrast * (2 * draws[1] - 1)
+    saturation = 1 + options.saturation * (2 * draws[2] - 1)
+    # Every 8th pixel each way: as good a contrast centre as all of them, at 1/64 of the cost.
+    mean = tf.reduce_mean(tf.cast(window[::8, ::8], tf.float32), axis=[0, 1])
+    grey = tf.constant(LUMA)[:, None] * tf.ones([1, 3])  # pixel_row @ grey: grey in every channel
+    to_saturated = saturation * tf.eye(3) + (1 - saturation) * grey
+    shift = (1 - contrast) * mean + delta  # brightness and contrast: contrast * pixel + shift
+    matrix = scale * contrast * to_saturated
+    bias = scale * tf.linalg.matvec(to_saturated, shift, transpose_a=True) + normalization.offset
+    return matrix, bias
 
 
-def _cover_scale(shape: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """The smallest scale at which an image of `shape` covers a crop of `size`."""
-    shape = tf.cast(shape[:2], tf.float32)
-    return tf.maximum(size[0] / shape[0], size[1] / shape[1])
-
-
-def _scaled_shape(shape: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    height = tf.cast(tf.math.round(tf.cast(shape[0], tf.float32) * scale), tf.int32)
-    width = tf.cast(tf.math.round(tf.cast(shape[1], tf.float32) * scale), tf.int32)
-    return tf.maximum(height, 1), tf.maximum(width, 1)
+def _recolour(
+    window: tf.Tensor, matrix: tf.Tensor, bias: tf.Tensor, normalization: Normalization
+) -> tf.Tensor:
+    """The uint8 pixels [H, W, 3] through the colour map, as float32 clipped to the normalized
+    pixel range. The bias is added to the H rows of 3W values (the bias repeated W times):
+    added along a last axis of 3, it takes several times longer."""
+    shape = tf.shape(window)
+    pixels = tf.matmul(tf.reshape(tf.cast(window, tf.float32), [-1, 3]), matrix)
+    rows = tf.reshape(pixels, [shape[0], 3 * shape[1]])
+    pixels = tf.nn.bias_add(rows, tf.tile(bias, shape[1:2]))
+    low, high = sorted((normalization.offset, 255 * normalization.scale + normalization.offset))
+    return tf.reshape(tf.clip_by_value(pixels, low, high), shape)
 
 
 def augment(
@@ -83,48 +165,98 @@ def augment(
     size: tuple[int, int],
     seed: tf.Tensor,
     options: Augmentation = Augmentation(),
+    resize: str = DEFAULT_RESIZE,
+    normalization: Normalization = PIXELS,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random scale, pad, crop to `size`, flip and colour jitter of one sample.
+    """Random scale, crop to `size` (padded where the scaled image is smaller), flip and colour
+    change of one sample, as the module docstring describes.
 
     `seed` is a [2] int64 stateless seed, so a pipeline with a fixed seed yields the same
-    samples however many threads map it. Returns (float32 [H, W, 3] in [0, 255], uint8 [H, W]).
+    samples however many threads map it. Returns (float32 [*size, 3], pixels in [0, 255]
+    normalized by `normalization`; uint8 [*size]).
     """
-    seeds = tf.random.experimental.stateless_split(seed, 6)
-    image = tf.cast(image, tf.float32)
-    factor = tf.random.stateless_uniform(
-        [], seeds[0], minval=options.min_scale, maxval=options.max_scale
+    pixels, masks = _augment(
+        image, mask, size, seed, options, resize, normalization, {"mask": size}
     )
-    height, width = _scaled_shape(tf.shape(image), _cover_scale(tf.shape(image), size) * factor)
-    image, mask = _resize_pair(image, mask, height, width)
-    pad_h, pad_w = tf.maximum(size[0] - height, 0), tf.maximum(size[1] - width, 0)
-    paddings = [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2]]
-    image = tf.pad(image, [*paddings, [0, 0]])
-    mask = tf.pad(mask, paddings, constant_values=IGNORE)
-    stacked = tf.concat([image, tf.cast(mask, tf.float32)[:, :, None]], axis=2)
-    stacked = tf.image.stateless_random_crop(stacked, [size[0], size[1], 4], seeds[1])
+    return pixels, masks["mask"]
+
+
+def _augment(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    size: tuple[int, int],
+    seed: tf.Tensor,
+    options: Augmentation,
+    resize: str,
+    normalization: Normalization,
+    mask_sizes: dict[str, tuple[int, int]],
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """`augment`, with the mask resampled to each of `mask_sizes` (name: (height, width)) as
+    the output at that size would show it: the training targets, without the full-size mask.
+
+    Padding (black, IGNORE) is added to the source window, so that the resize writes the
+    output once; the colour change applies to it, as it always did.
+    """
+    _check_mode(resize)
+    draws = tf.random.stateless_uniform([7], seed)  # scale, position x2, flip, colour x3
+    shape = tf.shape(image)
+    scale = tf.cast(size, tf.float32) / tf.cast(shape[:2], tf.float32)  # covering, per axis
+    if resize == "crop":
+        scale = tf.fill([2], tf.reduce_max(scale))
+    scale *= options.min_scale + (options.max_scale - options.min_scale) * draws[0]
+    top, rows, pad_top, pad_bottom = _axis_plan(shape[0], scale[0], size[0], draws[1])
+    left, columns, pad_left, pad_right = _axis_plan(shape[1], scale[1], size[1], draws[2])
+    paddings = [[pad_top, pad_bottom], [pad_left, pad_right]]
+    window = tf.slice(image, tf.stack([top, left, 0]), tf.stack([rows, columns, 3]))
+    matrix, bias = _colour_map(window, draws[4:], options, normalization)
+    window = tf.pad(window, [*paddings, [0, 0]])
+    mask = tf.pad(
+        tf.slice(mask, tf.stack([top, left]), tf.stack([rows, columns])),
+        paddings,
+        constant_values=IGNORE,
+    )
+    padded = tf.shape(mask)
+    source_rows, source_columns = _nearest(size[0], padded[0]), _nearest(size[1], padded[1])
     if options.flip:
-        stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[2])
-    image, mask = stacked[:, :, :3], tf.cast(stacked[:, :, 3], tf.uint8)
-    if options.color_jitter:
-        image = tf.image.stateless_random_brightness(image, 20.0, seeds[3])
-        image = tf.image.stateless_random_contrast(image, 0.8, 1.2, seeds[4])
-        image = tf.image.stateless_random_saturation(image, 0.8, 1.2, seeds[5])
-        image = tf.clip_by_value(image, 0.0, 255.0)
-    return image, mask
+        flip = draws[3] < 0.5
+        window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
+        source_columns = tf.where(flip, tf.reverse(source_columns, [0]), source_columns)
+    pixels = _recolour(window, matrix, bias, normalization)
+    shrinks = tf.constant(size, tf.float32) < ANTIALIAS_BELOW * tf.cast(padded, tf.float32)
+    pixels = tf.cond(
+        tf.reduce_any(shrinks),
+        lambda: tf.image.resize(pixels, size, antialias=True),
+        lambda: tf.image.resize(pixels, size),
+    )
+    transposed = tf.transpose(mask)
+    masks = {
+        name: tf.ensure_shape(
+            _gather_nearest(
+                transposed,
+                tf.gather(source_rows, _nearest(height, size[0])),
+                tf.gather(source_columns, _nearest(width, size[1])),
+            ),
+            [height, width],
+        )
+        for name, (height, width) in mask_sizes.items()
+    }
+    return tf.ensure_shape(pixels, [*size, 3]), masks
 
 
-def center_crop(
-    image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int]
+def validation_view(
+    image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int], resize: str = DEFAULT_RESIZE
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Deterministic validation view: scale to just cover `size` (aspect kept), crop the centre."""
-    image = tf.cast(image, tf.float32)
-    height, width = _scaled_shape(tf.shape(image), _cover_scale(tf.shape(image), size))
-    height, width = tf.maximum(height, size[0]), tf.maximum(width, size[1])
-    image, mask = _resize_pair(image, mask, height, width)
-    top, left = (height - size[0]) // 2, (width - size[1]) // 2
-    image = image[top : top + size[0], left : left + size[1]]
-    mask = mask[top : top + size[0], left : left + size[1]]
-    return tf.ensure_shape(image, [*size, 3]), tf.ensure_shape(mask, list(size))
+    """The deterministic view the model is evaluated and exported with (`preprocessing.py`):
+    the window of the resize mode, the image resized bilinearly (antialiased when shrinking),
+    the mask with nearest neighbour. Returns (float32 [*size, 3] in [0, 255], uint8 [*size])."""
+    _check_mode(resize)
+    shape = tf.shape(image)
+    top, left, rows, columns = preprocessing.window(shape[0], shape[1], size, resize)
+    pixels = tf.cast(image[top : top + rows, left : left + columns], tf.float32)
+    pixels = tf.image.resize(pixels, size, method="bilinear", antialias=True)
+    mask = tf.transpose(mask[top : top + rows, left : left + columns])
+    mask = _gather_nearest(mask, _nearest(size[0], rows), _nearest(size[1], columns))
+    return tf.ensure_shape(pixels, [*size, 3]), tf.ensure_shape(mask, list(size))
 
 
 def normalize(image: tf.Tensor, normalization: Normalization) -> tf.Tensor:
@@ -142,16 +274,19 @@ def make_dataset(
     shuffle_buffer: int = 512,
     target_sizes: dict[str, tuple[int, int]] | None = None,
     ignore_class_zero: bool = False,
+    resize: str = DEFAULT_RESIZE,
 ) -> tf.data.Dataset:
     """Batches of (normalized float32 images [B, H, W, 3], labels).
 
     Labels are the uint8 masks [B, H, W], or with `target_sizes` the dict of
     `multiscale_targets` that the training model's loss takes. Training: shards and records
     shuffled, repeated forever, augmented, last partial batch dropped. Validation: one
-    deterministic pass over every record, in file order.
+    deterministic pass over every record, in file order. Either way the order is fixed by
+    `seed`, so every worker of a multi-machine run reads the same stream.
     """
     if not shards:
         raise StageError("no TFRecord shards to read")
+    _check_mode(resize)
     autotune = tf.data.AUTOTUNE
     files = tf.data.Dataset.from_tensor_slices([str(path) for path in shards])
     if training:
@@ -165,19 +300,25 @@ def make_dataset(
         data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         data = tf.data.Dataset.zip(data, seeds).map(
-            lambda serialized, pair: augment(
-                *parse_example(serialized), image_size, pair, augmentation
+            lambda serialized, pair: _training_sample(
+                serialized,
+                pair,
+                image_size,
+                augmentation,
+                resize,
+                normalization,
+                target_sizes,
+                ignore_class_zero,
             ),
             num_parallel_calls=autotune,
         )
     else:
         data = data.map(
-            lambda serialized: center_crop(*parse_example(serialized), image_size),
+            lambda serialized: _validation_sample(serialized, image_size, resize, normalization),
             num_parallel_calls=autotune,
         )
-    data = data.map(lambda image, mask: (normalize(image, normalization), mask))
     data = data.batch(batch_size, drop_remainder=training)
-    if target_sizes:
+    if target_sizes and not training:
         data = data.map(
             lambda images, masks: (
                 images,
@@ -185,20 +326,65 @@ def make_dataset(
             ),
             num_parallel_calls=autotune,
         )
-    return data.prefetch(autotune)
+    # Samples are made in parallel already: splitting one sample's ops over threads as well
+    # only adds their synchronisation.
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    return data.prefetch(autotune).with_options(options)
+
+
+def _training_sample(
+    serialized: tf.Tensor,
+    seed: tf.Tensor,
+    size: tuple[int, int],
+    options: Augmentation,
+    resize: str,
+    normalization: Normalization,
+    target_sizes: dict[str, tuple[int, int]] | None,
+    ignore_class_zero: bool,
+) -> tuple[tf.Tensor, tf.Tensor | dict[str, tf.Tensor]]:
+    """One augmented, normalized sample. With `target_sizes` its labels are the training
+    targets, resampled straight from the source mask (what `multiscale_targets` would make
+    of the full-size mask, which is then never made)."""
+    pixels, masks = _augment(
+        *parse_example(serialized),
+        size,
+        seed,
+        options,
+        resize,
+        normalization,
+        target_sizes or {"mask": size},
+    )
+    if not target_sizes:
+        return pixels, masks["mask"]
+    return pixels, {name: _labels(mask, ignore_class_zero) for name, mask in masks.items()}
+
+
+def _validation_sample(
+    serialized: tf.Tensor, size: tuple[int, int], resize: str, normalization: Normalization
+) -> tuple[tf.Tensor, tf.Tensor]:
+    image, mask = validation_view(*parse_example(serialized), size, resize)
+    return normalize(image, normalization), mask
 
 
 def multiscale_targets(
     mask: tf.Tensor, output_sizes: dict[str, tuple[int, int]], ignore_class_zero: bool = False
 ) -> dict[str, tf.Tensor]:
-    """One int32 label map per model output, the batch of masks resized (nearest) to its size.
+    """One int32 label map per model output, the batch of masks resized (nearest) to its size:
+    the pixels `tf.image.resize` would pick, gathered, which is faster.
 
     With `ignore_class_zero`, "none" pixels become IGNORE so the loss skips them too.
     """
+    shape = tf.shape(mask)
+    targets = {}
+    for name, (height, width) in output_sizes.items():
+        rows = tf.gather(mask, _nearest(height, shape[1]), axis=1)
+        targets[name] = _labels(
+            tf.gather(rows, _nearest(width, shape[2]), axis=2), ignore_class_zero
+        )
+    return targets
+
+
+def _labels(mask: tf.Tensor, ignore_class_zero: bool) -> tf.Tensor:
     labels = tf.cast(mask, tf.int32)
-    if ignore_class_zero:
-        labels = tf.where(labels == 0, IGNORE, labels)
-    return {
-        name: tf.image.resize(labels[..., None], size, method="nearest")[..., 0]
-        for name, size in output_sizes.items()
-    }
+    return tf.where(labels == 0, IGNORE, labels) if ignore_class_zero else labels

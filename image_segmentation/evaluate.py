@@ -3,16 +3,16 @@
 This module is the stage's command line and its Kubeflow outputs, without TensorFlow: the
 scoring is `evaluator.py`, imported only when the stage runs, so `--help` answers at once.
 
-Each validation image is resized (bilinear, aspect not kept) to the model's input size, as
-an app feeds a whole camera frame to the exported model; the main output's S/4 class
-probabilities are upsampled (bilinear) to the size of the stored annotation, and every
-annotated pixel is scored there, at full label resolution (the ADE20K convention). So the
-figures cover whole images, unlike the center crops that the train stage validates on each
-epoch, and differ from them.
+Each validation image becomes the model's input as the model's resize mode says
+(`preprocessing.py`: the whole image stretched, or its centred window), as an app feeds a
+camera frame to the exported model; the main output's S/4 class probabilities are upsampled
+(bilinear) to the annotation's own size, and every labelled pixel the model sees is scored
+there, at full label resolution.
 
-One confusion matrix is accumulated over the split and the metrics are computed from it once
-(see metrics.py for the two conventions). The quality gate is `miou`: the mean IoU ignoring
-pixels whose ground truth is class 0 ("none"), the ADE20K benchmark convention.
+One confusion matrix is accumulated over the split and the metrics are computed from it once.
+The quality gate is `miou`, the mean IoU in the ADE20K benchmark's convention (`metrics.py`):
+"none" (every class not on the whitelist) is a class like the others, and only the pixels
+ADE20K leaves unlabelled are not scored.
 """
 
 import argparse
@@ -21,12 +21,37 @@ from pathlib import Path
 
 import numpy as np
 
-from image_segmentation import files
+from image_segmentation import files, model_folder
+from image_segmentation.errors import StageError
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 GATE_METRIC = "miou"
-KFP_SCALARS = ("miou", "pixel_accuracy", "miou_all_classes", "pixel_accuracy_all_classes")
+CONVENTION = "every labelled pixel scored, 'none' a class; unlabelled pixels not scored"
+KFP_SCALARS = ("miou", "pixel_accuracy")
+PUBLISHED_KEYS = ("miou", "pixel_accuracy", "class_iou", "classes_scored", "pixels_scored")
+
+
+def published_metrics(evaluation_dir: Path, model_dir: Path) -> dict:
+    """The metrics of an evaluate output folder that export.json and the upload manifest carry,
+    after checking that they score this model folder's weights (by their sha256)."""
+    path = Path(evaluation_dir) / METRICS_FILE
+    result = files.read_completion_marker(evaluation_dir, METRICS_FILE, "evaluation", "evaluate")
+    evaluation = result.get("evaluation") if isinstance(result, dict) else None
+    if not isinstance(evaluation, dict) or any(key not in result for key in PUBLISHED_KEYS):
+        raise StageError(f"{path} is not the evaluate stage's metrics")
+    if evaluation.get("model_weights_sha256") != model_folder.weights_digest(model_dir):
+        raise StageError(
+            f"{path} scores other weights than {model_dir}'s: pass the evaluation of the "
+            "model you export"
+        )
+    return {
+        **{key: result[key] for key in PUBLISHED_KEYS},
+        "convention": CONVENTION,
+        "images": result.get("images"),
+        "resize": evaluation.get("resize"),
+        "source": "evaluate stage, validation split",
+    }
 
 
 def kfp_metrics(summary: dict) -> dict[str, float]:
@@ -64,12 +89,12 @@ def kfp_confusion_matrix(confusion: np.ndarray, class_labels: list[str]) -> dict
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Score a trained model on the whole validation split and write OUTPUT/metrics.json "
-        "and OUTPUT/report.html. Images are resized to the model input; predictions are "
-        "upsampled to each annotation's own size and every annotated pixel is scored. "
-        "Reports two conventions: all classes, and the ADE20K benchmark one that ignores "
-        "pixels whose ground truth is class 0 ('none'). The quality gate value is `miou`: "
-        "the mean IoU ignoring class 0. Classes absent from both the ground truth and the "
-        "predictions are left out of the means. Prints `miou VALUE` on stdout."
+        "and OUTPUT/report.html. Images are fed to the model as its resize mode says "
+        "(stretched, or centre-cropped); predictions are upsampled to each annotation's own "
+        "size and every labelled pixel is scored, 'none' (the classes not on the whitelist) "
+        "as a class like the others; pixels ADE20K leaves unlabelled are not scored. The "
+        "quality gate value is `miou`, the mean IoU. Classes absent from both the ground "
+        "truth and the predictions are left out of the mean. Prints `miou VALUE` on stdout."
     )
     add = parser.add_argument
     add("--model-dir", type=Path, required=True, help="the train stage's output")

@@ -1,7 +1,8 @@
 """How the evaluate stage scores a model (its command line and outputs are `evaluate.py`): the
 model folder and the prepared data checked (`model_folder.py`, `data_folder.py`), every
-validation image scored at its annotation's own size (`scoring.py`, as training validates),
-metrics.json and the report written.
+validation image fed to the model as the model's resize mode says (`preprocessing.py`) and
+scored at its annotation's own size (`scoring.py`, as training validates), metrics.json and the
+report written.
 """
 
 import logging
@@ -19,12 +20,13 @@ from image_segmentation import (
     inference,
     metrics,
     model_folder,
+    preprocessing,
     records,
     report,
     scoring,
 )
 from image_segmentation.errors import StageError
-from image_segmentation.evaluate import GATE_METRIC, METRICS_FILE, REPORT_FILE
+from image_segmentation.evaluate import CONVENTION, GATE_METRIC, METRICS_FILE, REPORT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,13 @@ def check_labels(model_labels: list[str], data_labels: list[str]) -> None:
 def validation_batches(
     shards: list[Path],
     image_size: tuple[int, int],
-    normalization: dataset.Normalization,
+    normalization: dict,
+    resize: str,
     batch_size: int,
     max_images: int | None,
 ) -> tf.data.Dataset:
-    """Batches of the val records in file order: the model input and the original sample.
+    """Batches of the val records in file order: the model input, the original sample and the
+    window of it the model sees.
 
     Originals differ in size, so they are padded to the largest of the batch; "size" gives
     each one's true (height, width).
@@ -66,11 +70,10 @@ def validation_batches(
         name = tf.io.parse_single_example(
             serialized, {records.IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string, "")}
         )[records.IMAGE_FILENAME]
-        resized = tf.image.resize(
-            tf.cast(image, tf.float32), image_size, method="bilinear", antialias=True
-        )
+        model_input, window = preprocessing.model_input(image, image_size, resize, normalization)
         return {
-            "input": dataset.normalize(resized, normalization),
+            "input": model_input,
+            "window": window,
             "image": image,
             "mask": mask,
             "size": tf.shape(mask),
@@ -80,6 +83,7 @@ def validation_batches(
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     padding = {
         "input": 0.0,
+        "window": 0,
         "image": tf.constant(0, tf.uint8),
         "mask": tf.constant(dataset.IGNORE, tf.uint8),
         "size": 0,
@@ -102,23 +106,26 @@ def evaluate_model(
     seen, started, last_log = 0, time.monotonic(), time.monotonic()
     for batch in batches:
         probabilities = predict(batch["input"])
+        windows = batch["window"].numpy()
         for index, (height, width) in enumerate(batch["size"].numpy()):
-            masks = batch["mask"][index : index + 1, :height, :width]
-            truth = masks[0].numpy()
+            truth = batch["mask"][index, :height, :width].numpy()
             bad = truth[(truth >= num_classes) & (truth != dataset.IGNORE)]
             if bad.size:
                 raise StageError(
                     f"validation image {seen + 1} has mask value {bad.max()}, but the labels "
                     f"list only {num_classes} classes: the labels do not belong to the records"
                 )
+            top, left, rows, columns = windows[index]
+            seen_truth = truth[top : top + rows, left : left + columns]
             predicted, image_confusion = scoring.score(
-                probabilities[index : index + 1], masks, num_classes
+                probabilities[index : index + 1], seen_truth[None], num_classes
             )
             confusion += image_confusion.numpy()
             if len(examples) < report_images:
                 image = batch["image"][index, :height, :width].numpy()
                 name = batch["name"][index].numpy().decode() or f"image {seen + 1}"
-                classes = predicted[0].numpy().astype(np.uint8)
+                classes = np.full(truth.shape, dataset.IGNORE, np.uint8)  # outside: no class
+                classes[top : top + rows, left : left + columns] = predicted[0].numpy()
                 examples.append(report.make_example(name, image, truth, classes, num_classes))
             seen += 1
         if time.monotonic() - last_log > LOG_EVERY_SECONDS or seen == total:
@@ -154,25 +161,20 @@ def evaluate(
         "evaluating %s on %d validation images of %s (%d classes, model input %s)",
         model_dir, total, data_dir, len(data.labels), "x".join(map(str, image_size)),
     )  # fmt: skip
+    resize = model_folder.resize_mode(config)
     batches = validation_batches(
-        data.shards["val"],
-        image_size,
-        dataset.Normalization(**config["normalization"]),
-        batch_size,
-        max_images,
+        data.shards["val"], image_size, config["normalization"], resize, batch_size, max_images
     )
     confusion, examples, seen = evaluate_model(
         model, batches, len(data.labels), total, report_images
     )
     summary = metrics.summary(confusion, data.labels)
     if summary[GATE_METRIC] is None:
-        raise StageError(
-            f"no validation pixel has a class other than 0 ({data.labels[0]!r}): "
-            "the gated mean IoU cannot be computed"
-        )
+        raise StageError("no validation pixel has a label: the gated mean IoU cannot be computed")
     result = {
         **summary,
         "gate_metric": GATE_METRIC,
+        "convention": CONVENTION,
         "images": seen,
         "labels": data.labels,
         "confusion_matrix": confusion.tolist(),
@@ -181,7 +183,10 @@ def evaluate(
             "model_dir": str(model_dir),
             "data_dir": str(data_dir),
             "model_input_size": list(image_size),
-            "scored_at": "stored annotation resolution (predictions upsampled bilinearly)",
+            "resize": resize,
+            "scored_at": "stored annotation resolution (predictions upsampled bilinearly)"
+            + (", inside the centred window the model sees" if resize == "crop" else ""),
+            "model_weights_sha256": model_folder.weights_digest(model_dir),
         },
     }
     output_dir = Path(output_dir)
@@ -189,8 +194,9 @@ def evaluate(
     details = {
         "model": str(model_dir),
         "data": str(data_dir),
-        "images scored": f"{seen} (model input {'x'.join(map(str, image_size))}, scored at "
-        "the annotations' own resolution)",
+        "images scored": f"{seen} (model input {'x'.join(map(str, image_size))}, photos "
+        f"{'stretched' if resize == 'stretch' else 'centre-cropped'} to it; scored at the "
+        "annotations' own resolution)",
     }
     page = report.render(
         summary, data.labels, examples, model_folder.read_history(model_dir), details
@@ -201,9 +207,7 @@ def evaluate(
         report_html.parent.mkdir(parents=True, exist_ok=True)
         report_html.write_text(page)
     log.info(
-        "mean IoU ignoring none (the gate) %.4f, pixel accuracy %.4f; all classes: mean IoU "
-        "%.4f, pixel accuracy %.4f -> %s",
-        summary["miou"], summary["pixel_accuracy"], summary["miou_all_classes"],
-        summary["pixel_accuracy_all_classes"], output_dir,
+        "mean IoU (the gate) %.4f, pixel accuracy %.4f -> %s",
+        summary["miou"], summary["pixel_accuracy"], output_dir,
     )  # fmt: skip
     return result

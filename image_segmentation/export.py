@@ -6,7 +6,9 @@ or an argmax to a label map. It is converted to Core ML (`coreml.py`) with an RG
 that applies the training normalization, and the saved file is read back and checked
 (`coreml_spec.py`): Core ML cannot run on Linux. The numerics are checked through TFLite
 (`tflite.py`): the same Keras graph converted to TFLite must match Keras on real images within
-fixed bounds. Every figure lands in `export.json` and in the Core ML metadata. The files are
+fixed bounds. Every figure lands in `export.json` and in the Core ML metadata, and with
+--evaluation-dir the evaluate stage's metrics of the model (the quality gate's, not training's
+validation) go into `export.json`, which the upload manifest repeats. The files are
 made and checked in a staging folder, then copied into the output folder with `export.json`
 last (`export_folder.py`), so a rerun that fails or is killed before that leaves an earlier
 export there intact.
@@ -21,7 +23,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import export_folder, model_folder, train
+from image_segmentation import evaluate, export_folder, model_folder, train
+
+log = logging.getLogger(__name__)
 
 FORMATS = tuple(export_folder.COREML_SUFFIXES)
 PRECISIONS = ("float16", "float32")
@@ -50,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model-dir", type=Path, required=True, help="the train stage's output")
     add("--output-dir", type=Path, required=True, help="where the exported files go")
+    add(
+        "--evaluation-dir",
+        type=Path,
+        default=None,
+        help="the evaluate stage's output for this model: its metrics (the quality gate's) go "
+        "into export.json and the upload manifest",
+    )
     add(
         "--format",
         choices=FORMATS,
@@ -114,8 +125,13 @@ def run(args: argparse.Namespace) -> int:
         check_images=args.check_images,
     )
     model_folder.require_complete(args.model_dir)  # a bad folder is refused in a second, not
-    from image_segmentation import exporter  # after TensorFlow and coremltools load
+    metrics = None  # after TensorFlow and coremltools load
+    if args.evaluation_dir:
+        metrics = evaluate.published_metrics(args.evaluation_dir, args.model_dir)
+    else:
+        log.warning("no --evaluation-dir: export.json and the upload manifest carry no metrics")
+    from image_segmentation import exporter
 
-    result = exporter.export_model(args.model_dir, args.output_dir, options)
+    result = exporter.export_model(args.model_dir, args.output_dir, options, metrics)
     print(json.dumps({"files": result["files"], "tflite": result["tflite"]}, indent=2))
     return 0

@@ -15,12 +15,12 @@ import tensorflow as tf
 from image_segmentation import (
     coreml,
     coreml_spec,
-    dataset,
     export_folder,
     icnet,
     inference,
     labels,
     model_folder,
+    preprocessing,
     tflite,
 )
 from image_segmentation.errors import StageError
@@ -84,23 +84,24 @@ def with_output(inference_model: keras.Model, output_kind: str) -> keras.Model:
     return keras.Model(inference_model.input, result, name=f"icnet_{output_kind}")
 
 
-def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> dict:
+def export_model(
+    model_dir: Path, output_dir: Path, options: ExportOptions, metrics: dict | None = None
+) -> dict:
     """Export and verify in a staging folder, then publish to `output_dir`: an earlier export
     there stays intact and usable if this one fails or is killed before that. Returns what
-    export.json holds (written last)."""
+    export.json holds (written last), with `metrics`, the evaluate stage's scores of this
+    model (`evaluate.published_metrics`; None when it was not evaluated)."""
     check_options(options)
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     names = export_folder.file_names(options.model_name, options.format, options.tflite)
     export_folder.check_output_dir(output_dir, names)
     inference_model, config = inference.load_inference_model(model_dir, options.image_size)
-    training_metrics = model_folder.read_training_metrics(model_dir)
     model = with_output(inference_model, options.output)
     size = tuple(model.input.shape[1:3])
     normalization = config["normalization"]
+    resize = model_folder.resize_mode(config)
     images, image_names = tflite.load_check_images(
-        options.check_images,
-        size,
-        dataset.Normalization(normalization["scale"], normalization["offset"]),
+        options.check_images, size, normalization, resize
     )
     with tempfile.TemporaryDirectory(prefix="export-") as staging:
         made = _make_files(Path(staging), model, config, images, options)
@@ -113,10 +114,16 @@ def export_model(model_dir: Path, output_dir: Path, options: ExportOptions) -> d
                 "version": options.version,
                 "labels": config["labels"],
                 "config": {key: value for key, value in config.items() if key != "labels"},
-                "metrics": training_metrics,
+                "metrics": metrics,
                 "image_size": list(size),
                 "trained_image_size": config["image_size"],
                 "normalization": normalization,
+                "preprocessing": {
+                    "resize": resize,
+                    "vision_image_crop_and_scale_option": preprocessing.VISION_CROP_AND_SCALE[
+                        resize
+                    ],
+                },
                 "output": made["output"],
                 "format": options.format,
                 "precision": options.precision,

@@ -3,7 +3,10 @@
 A whitelist is `|` between output classes and `:` between ADE20K classes merged into one, e.g.
 "person|car:truck:van|sidewalk, pavement". A class is named by its full `Name` column from
 objectInfo150.txt or by any one of its comma-separated synonyms that is not shared with another
-class. Output class 0 is always `none`: every pixel of a class that is not whitelisted.
+class. Output class 0 is always `none`: every pixel of an ADE20K class that is not whitelisted,
+a class like the others that the model learns and is scored on. ADE20K's own value 0 marks
+pixels nobody annotated: they become IGNORE, which training and scoring skip, as the ADE20K
+benchmark does.
 """
 
 import difflib
@@ -18,6 +21,7 @@ from image_segmentation.errors import StageError
 
 NUM_ADE_CLASSES = 150
 NONE_LABEL = "none"
+IGNORE = 255  # the mask value of pixels without a label: ADE20K's 0, and training's padding
 LIVING_ROOM_WHITELIST = (
     "chair|wall|coffee table, cocktail table|ceiling|floor, flooring|bed|lamp"
     "|sofa, couch, lounge|windowpane, window|pillow"
@@ -46,8 +50,10 @@ class Whitelist:
         return len(self.labels)
 
     def lookup_table(self) -> np.ndarray:
-        """A 256-entry table from ADE20K pixel value to output class (0 for all others)."""
+        """A 256-entry table from ADE20K pixel value to output class: 0 for the classes not
+        whitelisted, IGNORE for ADE20K's unlabelled 0."""
         table = np.zeros(256, dtype=np.uint8)
+        table[0] = IGNORE
         for output_class, group in enumerate(self.groups):
             table[list(group)] = output_class
         return table
@@ -88,11 +94,11 @@ def parse_whitelist(whitelist: str | None, classes: list[AdeClass] | None = None
     if not whitelist:
         return Whitelist(
             labels=(NONE_LABEL, *(c.name for c in classes)),
-            groups=((0,), *((c.index,) for c in classes)),
+            groups=((), *((c.index,) for c in classes)),
         )
     by_name, ambiguous = _name_index(classes)
     names_of = {c.index: c.name for c in classes}
-    labels, groups, problems, seen = [NONE_LABEL], [(0,)], [], {}
+    labels, groups, problems, seen = [NONE_LABEL], [()], [], {}
     for group_text in whitelist.split("|"):
         indices = []
         for raw in group_text.split(":"):

@@ -7,6 +7,7 @@ place and `config.json` is written last: a folder without it is incomplete, and 
 refuses it with a one-line StageError. No TensorFlow here, so light stages can read a folder.
 """
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +20,21 @@ WEIGHTS_FILE = "model.weights.h5"  # Keras insists on the .weights.h5 ending
 HISTORY_FILE = "history.json"
 TRAINING_METRICS_FILE = "training_metrics.json"  # not the evaluate stage's metrics.json
 REQUIRED_KEYS = ("labels", "num_classes", "image_size", "alpha", "normalization")
+RESIZE_MODES = ("stretch", "crop")  # how a photo becomes the input: `preprocessing.py`
+DEFAULT_RESIZE = "stretch"
 
 
 def weights_path(model_dir: Path) -> Path:
     return Path(model_dir) / WEIGHTS_FILE
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 of the weights: what ties the evaluate stage's metrics to the model exported."""
+    digest = hashlib.sha256()
+    with open(weights_path(model_dir), "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_config(config: object, source: str) -> None:
@@ -49,6 +61,18 @@ def check_config(config: object, source: str) -> None:
         _number(normalization.get(key)) for key in ("scale", "offset")
     ):
         raise StageError(f"{source}: normalization needs numbers 'scale' and 'offset'")
+    preprocessing = config.get("preprocessing", {})
+    if not isinstance(preprocessing, dict) or resize_mode(config) not in RESIZE_MODES:
+        raise StageError(
+            f"{source}: preprocessing.resize needs one of {', '.join(RESIZE_MODES)}, "
+            f"got {preprocessing!r}"
+        )
+
+
+def resize_mode(config: dict) -> str:
+    """How photos are fed to the model. Folders written before the setting was recorded were
+    evaluated and exported stretched."""
+    return config.get("preprocessing", {}).get("resize", DEFAULT_RESIZE)
 
 
 def _number(value: object) -> bool:
@@ -90,17 +114,6 @@ def read_history(model_dir: Path) -> list[dict]:
     if not isinstance(history, list):
         raise StageError(f"{path}: expected a list of per-epoch entries")
     return [entry for entry in history if isinstance(entry, dict)]
-
-
-def read_training_metrics(model_dir: Path) -> dict | None:
-    """The validation scores at the end of training; None when the folder has none."""
-    path = Path(model_dir) / TRAINING_METRICS_FILE
-    if not path.is_file():
-        return None
-    scores = files.read_json(path)
-    if not isinstance(scores, dict):
-        raise StageError(f"{path} does not hold a JSON object")
-    return scores
 
 
 def write_model_dir(

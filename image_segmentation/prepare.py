@@ -5,7 +5,8 @@ opens as a JPEG; the annotation exists and is an 8-bit single-channel PNG of the
 with values 0..150; the whole JPEG stream decodes; its whitelisted classes reach the threshold
 (not counting `none`). Bad samples are skipped with a warning and counted by reason; images below
 the threshold are counted apart. Kept images keep their original JPEG bytes unless they are
-grayscale or CMYK (re-encoded as RGB); masks are remapped to output classes and stored as PNG.
+grayscale or CMYK (re-encoded as RGB); masks are remapped to output classes and stored as PNG:
+non-whitelisted classes to 0 (`none`), ADE20K's unlabelled 0 to IGNORE (255), never scored.
 
 The dataset is read where it lies, never extracted: from the download stage's zip, member by
 member, or from an extracted folder. A zip in Cloud Storage or on a FUSE mount (Vertex AI's
@@ -77,12 +78,14 @@ class Result:
     detail: str = ""
     record: bytes = b""
     pixel_counts: tuple[int, ...] = ()
+    unlabelled_pixels: int = 0
     converted_to_rgb: bool = False
 
 
 @dataclass
 class SplitStats:
-    """What stats.json says about one split; pixel counts are over the kept samples."""
+    """What stats.json says about one split; pixel counts are over the kept samples, per output
+    class, and apart from them the pixels ADE20K leaves unlabelled (IGNORE in the masks)."""
 
     considered: int = 0
     kept: int = 0
@@ -90,6 +93,7 @@ class SplitStats:
     converted_to_rgb: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     pixel_counts: list[int] = field(default_factory=list)
+    unlabelled_pixels: int = 0
     shards: list[str] = field(default_factory=list)
     records_per_shard: list[int] = field(default_factory=list)
 
@@ -102,6 +106,7 @@ class SplitStats:
                 self.pixel_counts = [
                     a + b for a, b in zip(self.pixel_counts, result.pixel_counts, strict=True)
                 ]
+                self.unlabelled_pixels += result.unlabelled_pixels
             elif result.status == BELOW_THRESHOLD:
                 self.below_threshold += 1
             else:
@@ -124,6 +129,7 @@ class SplitStats:
             "converted_to_rgb": self.converted_to_rgb,
             "skipped": self.skipped,
             "pixel_counts": dict(zip(class_labels, self.pixel_counts, strict=True)),
+            "unlabelled_pixels": self.unlabelled_pixels,
             "shards": self.shards,
             "records_per_shard": self.records_per_shard,
         }
@@ -191,7 +197,7 @@ def process_sample(sample: ade20k.Sample, source: ade20k.Source, options: Option
     except Exception as error:
         return Result(name, "unreadable_image", str(error))
     counts = np.bincount(options.lookup, weights=histogram, minlength=options.num_classes)
-    pixel_counts = tuple(int(n) for n in counts)
+    pixel_counts = tuple(int(n) for n in counts[: options.num_classes])
     if options.threshold is not None:
         present = sum(1 for n in pixel_counts[1:] if n)
         if present / (options.num_classes - 1) < options.threshold:
@@ -201,7 +207,14 @@ def process_sample(sample: ade20k.Sample, source: ade20k.Source, options: Option
     mask_png = records.encode_png(mask.point(options.lookup))
     filename = Path(sample.image).name
     record = records.segmentation_example(image_bytes, filename, height, width, mask_png)
-    return Result(name, KEPT, record=record, pixel_counts=pixel_counts, converted_to_rgb=converted)
+    return Result(
+        name,
+        KEPT,
+        record=record,
+        pixel_counts=pixel_counts,
+        unlabelled_pixels=int(counts[labels.IGNORE]),
+        converted_to_rgb=converted,
+    )
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,10 @@ def make_example(
     num_classes: int,
     width: int = THUMBNAIL_WIDTH,
 ) -> Example:
-    """Score one image at full resolution, then shrink it (masks with nearest neighbour)."""
-    labelled = truth < num_classes
+    """Score one image at full resolution where it is labelled and predicted (a model that
+    centre-crops predicts no class outside its window), then shrink it (masks with nearest
+    neighbour)."""
+    labelled = (truth < num_classes) & (prediction < num_classes)
     correct = np.count_nonzero((truth == prediction) & labelled)
     accuracy = correct / np.count_nonzero(labelled) if labelled.any() else math.nan
     height, original_width = truth.shape
@@ -103,12 +105,9 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def iou_bar_chart(
-    labels: list[str], gated: list[float | None], all_classes: list[float | None], colors
-) -> str:
-    """Horizontal SVG bars: IoU ignoring "none" (thick, class colour; the gated convention)
-    and IoU with all classes (thin, grey) for every class."""
-    row, label_width, bar_width, left = 26, 250, 480, 276
+def iou_bar_chart(labels: list[str], ious: list[float | None], colors) -> str:
+    """Horizontal SVG bars, in the class colours: the IoU of every class."""
+    row, label_width, bar_width, left = 22, 250, 480, 276
     height = row * len(labels) + 40
     parts = [
         f'<svg class="bars" xmlns="http://www.w3.org/2000/svg" width="{left + bar_width + 70}" '
@@ -120,29 +119,23 @@ def iou_bar_chart(
             f'<line x1="{x}" y1="0" x2="{x}" y2="{height - 30}" class="grid"/>'
             f'<text x="{x}" y="{height - 12}" text-anchor="middle" class="tick">{tick}%</text>'
         )
-    for index, (label, top, low) in enumerate(zip(labels, gated, all_classes, strict=True)):
+    for index, (label, iou) in enumerate(zip(labels, ious, strict=True)):
         y = index * row + 4
         name = html.escape(label)
         parts.append(
-            f"<g><title>{name}: {_percent(top)} ignoring none, {_percent(low)} all classes"
-            f'</title><text x="{label_width}" y="{y + 14}" text-anchor="end">'
+            f"<g><title>{name}: {_percent(iou)}</title>"
+            f'<text x="{label_width}" y="{y + 14}" text-anchor="end">'
             f"{html.escape(_short(label))}</text>"
             f'<rect x="{label_width + 6}" y="{y + 3}" width="11" height="11" '
             f'fill="{hex_color(colors[index])}" stroke="#333" stroke-width="0.5"/>'
         )
-        if top is not None:
+        if iou is not None:
             parts.append(
-                f'<rect x="{left}" y="{y}" width="{bar_width * top:.1f}" height="13" '
+                f'<rect x="{left}" y="{y}" width="{bar_width * iou:.1f}" height="15" '
                 f'fill="{hex_color(colors[index])}" stroke="#333" stroke-width="0.5"/>'
             )
-        if low is not None:
-            parts.append(
-                f'<rect x="{left}" y="{y + 15}" width="{bar_width * low:.1f}" height="4" '
-                f'fill="#777"/>'
-            )
-        shown = top if top is not None else low
-        x = left + bar_width * (shown or 0) + 6
-        parts.append(f'<text x="{x:.1f}" y="{y + 14}" class="value">{_percent(shown)}</text></g>')
+        x = left + bar_width * (iou or 0) + 6
+        parts.append(f'<text x="{x:.1f}" y="{y + 14}" class="value">{_percent(iou)}</text></g>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -229,7 +222,6 @@ def training_curves(history: list[dict]) -> str:
         label: values
         for key, label in (
             ("val_mean_iou", "val mean IoU"),
-            ("val_mean_iou_ignore_none", "val mean IoU excl. none"),
             ("val_pixel_accuracy", "val pixel accuracy"),
         )
         if (values := series(key))
@@ -270,7 +262,7 @@ def _examples(examples: list[Example], colors: np.ndarray) -> str:
         )
         cards.append(
             f'<section class="example"><h3>{html.escape(example.name)} '
-            f'<span class="score">pixel accuracy {_percent(example.pixel_accuracy)} (all classes)'
+            f'<span class="score">pixel accuracy {_percent(example.pixel_accuracy)}'
             "</span></h3>"
             f'<div class="panels">{figures}</div></section>'
         )
@@ -278,20 +270,11 @@ def _examples(examples: list[Example], colors: np.ndarray) -> str:
 
 
 def _headline(summary: dict) -> str:
-    rows = (
-        ("ignoring none (ADE20K benchmark, gated)", summary["ignore_none"]),
-        ("all classes", summary["all_classes"]),
-    )
-    body = "".join(
-        f"<tr><th>{name}</th><td>{_percent(scores['mean_iou'])}</td>"
-        f"<td>{_percent(scores['pixel_accuracy'])}</td><td>{scores['classes_scored']}</td>"
-        f"<td>{scores['pixels_scored']:,}</td></tr>"
-        for name, scores in rows
-    )
     return (
-        '<table class="headline"><tr><th>convention</th><th>mean IoU</th>'
-        "<th>pixel accuracy</th><th>classes scored</th><th>pixels scored</th></tr>"
-        f"{body}</table>"
+        '<table class="headline"><tr><th>mean IoU</th><th>pixel accuracy</th>'
+        "<th>classes scored</th><th>pixels scored</th></tr>"
+        f"<tr><td>{_percent(summary['miou'])}</td><td>{_percent(summary['pixel_accuracy'])}</td>"
+        f"<td>{summary['classes_scored']}</td><td>{summary['pixels_scored']:,}</td></tr></table>"
     )
 
 
@@ -339,8 +322,7 @@ def render(
     (model, data, images scored).
     """
     colors = palette(len(labels))
-    gated = list(summary["ignore_none"]["class_iou"].values())
-    everything = list(summary["all_classes"]["class_iou"].values())
+    ious = list(summary["class_iou"].values())
     meta = "".join(
         f'<p class="meta">{html.escape(k)}: {html.escape(str(v))}</p>' for k, v in details.items()
     )
@@ -352,18 +334,19 @@ def render(
 <body>
 <h1>Segmentation evaluation</h1>
 {meta}
-<p class="gate">Mean IoU ignoring "none" (the quality gate): <b>{_percent(summary["miou"])}</b>
+<p class="gate">Mean IoU (the quality gate): <b>{_percent(summary["miou"])}</b>
 &nbsp; pixel accuracy {_percent(summary["pixel_accuracy"])}</p>
+<p class="meta">Every labelled pixel is scored, "none" (the classes not on the whitelist)
+included; only pixels ADE20K leaves unlabelled are not.</p>
 {_headline(summary)}
 <h2>Classes</h2>
 {_legend(labels, colors)}
 <h2>Validation images ({len(examples)})</h2>
 {_examples(examples, colors) if examples else '<p class="note">No images requested.</p>'}
 <h2>Per-class IoU</h2>
-<p class="meta">Thick bars: IoU ignoring "none" pixels (gated). Thin grey bars: IoU counting
-all classes. Classes absent from both the ground truth and the predictions have no IoU
-(n/a) and are left out of the means.</p>
-{iou_bar_chart(labels, gated, everything, colors)}
+<p class="meta">Classes absent from both the ground truth and the predictions have no IoU
+(n/a) and are left out of the mean.</p>
+{iou_bar_chart(labels, ious, colors)}
 <h2>Training curves</h2>
 {training_curves(history)}
 </body></html>

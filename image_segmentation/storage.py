@@ -136,6 +136,17 @@ def download_file(
     return dest
 
 
+def list_objects(uri: str, client: storage.Client | None = None, retry: Retry = RETRY) -> list[str]:
+    """The gs:// URIs of the objects under a prefix (`gs://bucket/folder/`), sorted."""
+    bucket_name, prefix = split_gcs_uri(uri)
+    client = client or gcs_client()
+    try:
+        blobs = client.list_blobs(bucket_name, prefix=prefix, retry=retry)
+        return sorted(f"gs://{bucket_name}/{blob.name}" for blob in blobs)
+    except api_exceptions.NotFound as error:
+        raise StageError(f"bucket gs://{bucket_name} does not exist") from error
+
+
 @contextlib.contextmanager
 def explained_errors(uri: str) -> Iterator[None]:
     """Cloud Storage failures inside the block as one-line errors; a missing login says how to

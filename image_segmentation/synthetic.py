@@ -43,6 +43,84 @@ def render_sample(
             cy, cx = (top + bottom) / 2, (left + right) / 2
             region = ((yy - cy) / (bottom - cy)) ** 2 + ((xx - cx) / (right - cx)) ** 2 <= 1
         mask[region] = rng.choice(classes)
+    return _paint(rng, mask), mask
+
+
+# ADE20K classes of a living room, drawn as in real photos: wall, floor and ceiling cover most
+# of the frame and the small objects well under 1% of it, as on the real living-room subset.
+# Door, painting and person are not on the living-room whitelist (they become "none").
+WALL, FLOOR, CEILING, BED, WINDOW, DOOR, PERSON, CHAIR, PAINTING, SOFA, LAMP, PILLOW, TABLE = (
+    1, 4, 6, 8, 9, 15, 13, 20, 23, 24, 37, 58, 65
+)  # fmt: skip
+
+
+def _box(rng, height: int, width: int, size: tuple, bottom: float | None = None) -> tuple:
+    """(top, left, bottom, right) of a box of `size` (fractions of the frame: ranges), placed
+    at random, or standing on the line `bottom` (a fraction of the height)."""
+    box_height = max(2, int(height * rng.uniform(*size[0])))
+    box_width = max(2, int(width * rng.uniform(*size[1])))
+    if bottom is None:
+        top = int(rng.integers(0, max(1, height - box_height)))
+    else:
+        top = max(0, int(height * bottom) - box_height)
+    left = int(rng.integers(0, max(1, width - box_width)))
+    return top, left, top + box_height, left + box_width
+
+
+def render_room(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its ADE20K mask of a generated living room.
+
+    Ceiling, wall and floor bands; a window, a door and a painting on the wall; a bed or a sofa
+    with pillows, a chair, a coffee table, a lamp and sometimes a person on the floor. Like real
+    annotations, a thin unlabelled (0) seam is left around some objects.
+    """
+    mask = np.full((height, width), WALL, dtype=np.uint8)
+    ceiling, floor = rng.uniform(0.08, 0.2), rng.uniform(0.6, 0.75)
+    mask[: int(height * ceiling)] = CEILING
+    mask[int(height * floor) :] = FLOOR
+    objects = []
+    for ade_class, size, chance, on_floor in (
+        (WINDOW, ((0.2, 0.35), (0.15, 0.3)), 0.8, False),
+        (DOOR, ((0.35, 0.5), (0.1, 0.15)), 0.4, True),
+        (PAINTING, ((0.1, 0.15), (0.1, 0.2)), 0.5, False),
+        (rng.choice([BED, SOFA]), ((0.15, 0.25), (0.3, 0.5)), 0.9, True),
+        (CHAIR, ((0.12, 0.18), (0.07, 0.11)), 0.7, True),
+        (TABLE, ((0.035, 0.05), (0.08, 0.12)), 0.7, True),
+        (LAMP, ((0.1, 0.13), (0.03, 0.04)), 0.8, True),
+        (PERSON, ((0.3, 0.45), (0.06, 0.1)), 0.2, True),
+    ):
+        if rng.random() < chance:
+            bottom = rng.uniform(floor + 0.05, 1.0) if on_floor else None
+            if bottom is None:  # on the wall, between ceiling and floor
+                top, left, low, right = _box(rng, int(height * (floor - ceiling)), width, size)
+                offset = int(height * ceiling)
+                top, low = top + offset, low + offset
+            else:
+                top, left, low, right = _box(rng, height, width, size, bottom)
+            mask[top:low, left:right] = ade_class
+            objects.append((top, left, low, right))
+            if ade_class in (BED, SOFA):
+                for _ in range(rng.integers(1, 3)):  # pillows along its top
+                    pillow_height = max(2, int((low - top) * rng.uniform(0.25, 0.35)))
+                    pillow_width = max(2, int((right - left) * rng.uniform(0.1, 0.14)))
+                    pillow_left = int(rng.integers(left, max(left + 1, right - pillow_width)))
+                    mask[top : top + pillow_height, pillow_left : pillow_left + pillow_width] = (
+                        PILLOW
+                    )
+    for top, left, low, right in objects:
+        if rng.random() < 0.5:  # an unlabelled seam, 1-2 pixels, around the object
+            seam = int(rng.integers(1, 3))
+            ring = np.zeros_like(mask, dtype=bool)
+            ring[max(0, top - seam) : low + seam, max(0, left - seam) : right + seam] = True
+            ring[top:low, left:right] = False
+            mask[ring] = 0
+    return _paint(rng, mask), mask
+
+
+def _paint(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Each class in its own colour and stripe texture (`class_style`), plus noise."""
+    height, width = mask.shape
+    yy, xx = np.mgrid[0:height, 0:width]
     image = np.zeros((height, width, 3), dtype=np.float32)
     for ade_class in np.unique(mask):
         colour, angle, period = class_style(int(ade_class))
@@ -50,7 +128,7 @@ def render_sample(
         where = mask == ade_class
         image[where] = colour + 25 * stripes[where, None]
     image += rng.normal(0, 8, size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), mask
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _save(array: np.ndarray, path: Path, **options) -> None:
@@ -65,15 +143,23 @@ def generate_ade20k(
     classes: tuple[int, ...] = DEFAULT_CLASSES,
     sizes: tuple[tuple[int, int], ...] = ADE_SIZES,
     seed: int = 0,
+    rooms: bool = False,
 ) -> Path:
-    """Write `root/ADEChallengeData2016` with its images, masks and class lists; return it."""
+    """Write `root/ADEChallengeData2016` with its images, masks and class lists; return it.
+
+    Samples are shapes of `classes` in equal measure, or with `rooms` generated living rooms
+    (`render_room`), whose classes are as unbalanced as real ones.
+    """
     dataset = Path(root) / ade20k.DATASET_DIR
     rng = np.random.default_rng(seed)
     for split, count in (("training", num_train), ("validation", num_val)):
         prefix = ade20k.SPLIT_PREFIX[split]
         for number in range(1, count + 1):
             height, width = sizes[rng.integers(len(sizes))]
-            image, mask = render_sample(rng, height, width, classes)
+            if rooms:
+                image, mask = render_room(rng, height, width)
+            else:
+                image, mask = render_sample(rng, height, width, classes)
             name = f"{prefix}_{number:08d}"
             _save(image, dataset / "images" / split / f"{name}.jpg", quality=90)
             _save(mask, dataset / "annotations" / split / f"{name}.png")

@@ -2,8 +2,8 @@
 
 Core ML cannot run on Linux, so the export's numerics are checked through TFLite: the same
 in-memory Keras graph converted to TFLite must match Keras on real images (or, without any,
-generated ADE20K-like ones) within fixed bounds, preprocessed exactly as validation feeds the
-model.
+generated ADE20K-like ones) within fixed bounds, fed as the model's resize mode says
+(`preprocessing.py`).
 """
 
 import logging
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from image_segmentation import dataset, export_folder, synthetic
+from image_segmentation import export_folder, preprocessing, synthetic
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,8 @@ TFLITE_BOUNDS = {
 }
 
 
-def preprocess(
-    image: np.ndarray, size: tuple[int, int], normalization: dataset.Normalization
-) -> np.ndarray:
-    """An RGB uint8 image as the model sees it in validation: scaled to cover `size`, centre
-    cropped, normalized (the dataset module's own functions)."""
-    mask = tf.zeros(image.shape[:2], tf.uint8)
-    cropped, _ = dataset.center_crop(tf.constant(image), mask, size)
-    return dataset.normalize(cropped, normalization).numpy()
-
-
 def load_check_images(
-    directory: Path | None, size: tuple[int, int], normalization: dataset.Normalization
+    directory: Path | None, size: tuple[int, int], normalization: dict, resize: str
 ) -> tuple[np.ndarray, list[str]]:
     """Normalized [N, H, W, 3] images for the numeric checks, and their names.
 
@@ -82,7 +72,8 @@ def load_check_images(
                 raise StageError(f"check image {path} cannot be read: {error.message}") from error
             images.append(image.numpy())
         names = [path.name for path in paths]
-    return np.stack([preprocess(image, size, normalization) for image in images]), names
+    inputs = [preprocessing.model_input(image, size, resize, normalization)[0] for image in images]
+    return np.stack(inputs), names
 
 
 def convert_tflite(model: keras.Model, precision: str) -> bytes:

@@ -3,18 +3,25 @@
 This module is the stage's command line and settings, without TensorFlow: the training itself
 is `trainer.py`, imported only when the stage runs, so `--help` answers at once.
 
-The loss is sparse cross-entropy on the logits of all three ICNet outputs (cascade label
-guidance), against the masks resized (nearest) to each output's size. Each epoch ends with a
-validation pass over the whole val split that fills one confusion matrix (`scoring.py`, the
-evaluate stage's), from which pixel accuracy and mean IoU are computed, then a checkpoint
-(`checkpoints.py`): a run restarted with the same output dir (a preempted Vertex worker)
-resumes after its last completed epoch instead of starting over.
+The loss is cross-entropy on the logits of all three ICNet outputs (cascade label guidance),
+against the masks resized (nearest) to each output's size, each pixel weighted by its class
+(`losses.py`: median-frequency balancing from the pixel counts prepare recorded, so the small
+classes are learnt too; the weights go into config.json). Unlabelled pixels count for nothing.
+Each epoch ends with a validation pass over the whole val split that fills one confusion matrix
+(`scoring.py`, the evaluate stage's), from which pixel accuracy and mean IoU are computed in
+the quality gate's convention (`metrics.py`: "none" is a class, unlabelled pixels are not
+scored), then a checkpoint (`checkpoints.py`): a run restarted with the same output dir (a
+preempted Vertex worker) resumes after its last completed epoch instead of starting over.
 
-Metrics are those of `metrics.py` (the evaluate stage's), from one confusion matrix of the
-whole val split: "val_mean_iou" and "val_pixel_accuracy" count class 0 ("none", a class the
-model predicts) like the others, unless --ignore-class-zero, which leaves "none" pixels out of
-both the loss and the metrics; the "_ignore_none" pair always follows the ADE20K benchmark
-(class-0 pixels not scored).
+A new run starts from random weights, or with --init from ImageNet: ResNet-50's residual stages
+pruned to ICNet's widths by L1 norm, as the ICNet paper compressed its network
+(`pretrained.py`; which layers and how many parameters go into config.json). The model folder
+holds the weights of the epoch with the best validation mean IoU, not the last epoch's, and
+says which epoch that was; history.json keeps every epoch.
+
+Photos become the model's input as --resize says (`preprocessing.py`), recorded in config.json
+for every later stage: "stretch" (the whole photo, aspect not kept) or "crop" (the centred
+window of the input's aspect).
 
 Validation is required: a run without val shards is refused, since training_metrics.json, the
 scores the train step reports, would be empty.
@@ -32,6 +39,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_segmentation import model_folder
+
+CLASS_BALANCING = ("median-frequency", "none")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -46,7 +57,10 @@ class TrainSettings:
     optimizer: str = "adam"
     schedule: str = "poly"
     loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.16)
-    ignore_class_zero: bool = False
+    class_balance: str = "median-frequency"
+    max_class_weight: float = 10.0
+    resize: str = model_folder.DEFAULT_RESIZE
+    init: str = "random"  # or "imagenet", or a ResNet-50 weights file (`pretrained.py`)
     fine_tune_from: str | None = None
     mixed_precision: str = "auto"
     seed: int = 0
@@ -147,9 +161,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights of the S/4, S/8, S/16 outputs' losses (default 1.0,0.4,0.16)",
     )
     add(
-        "--ignore-class-zero",
-        action="store_true",
-        help="leave 'none' pixels out of the loss and the metrics",
+        "--class-balance",
+        choices=CLASS_BALANCING,
+        default=defaults.class_balance,
+        help="weigh each pixel's loss by its class: median frequency / the class's frequency in "
+        "the training pixels, so small classes are learnt (default %(default)s)",
+    )
+    add(
+        "--max-class-weight",
+        type=float,
+        default=defaults.max_class_weight,
+        help="cap of the class weights (and 1/cap their floor) (default %(default)s)",
+    )
+    add(
+        "--resize",
+        choices=model_folder.RESIZE_MODES,
+        default=defaults.resize,
+        help="how a photo becomes the model input, for this model's whole life: stretch (the "
+        "whole photo, aspect not kept; Vision scaleFill) or crop (the centred window of the "
+        "input's aspect; Vision centerCrop) (default %(default)s)",
+    )
+    add(
+        "--init",
+        default=defaults.init,
+        help="how a new run's weights start: random; imagenet (the residual stages from "
+        "Keras' ImageNet ResNet-50, pruned by L1 norm to ICNet's widths: what the pipeline "
+        "uses); or PATH, a ResNet-50 weights file, local or gs:// (default %(default)s)",
     )
     add(
         "--fine-tune-from",
@@ -180,7 +217,10 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         schedule=args.schedule,
         loss_weights=args.loss_weights,
-        ignore_class_zero=args.ignore_class_zero,
+        class_balance=args.class_balance,
+        max_class_weight=args.max_class_weight,
+        resize=args.resize,
+        init=args.init,
         fine_tune_from=args.fine_tune_from,
         mixed_precision=args.mixed_precision,
         seed=args.seed,

@@ -30,7 +30,9 @@ from image_segmentation import (
     distribute,
     icnet,
     inference,
+    losses,
     model_folder,
+    pretrained,
     storage,
 )
 from image_segmentation.data_folder import PreparedData
@@ -58,6 +60,10 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"--learning-rate must be > 0, got {settings.learning_rate}")
     if not any(settings.loss_weights):
         problems.append("--loss-weights are all 0: nothing would be learnt")
+    if settings.init != "random" and settings.fine_tune_from:
+        problems.append("--init and --fine-tune-from both say where the weights start: pick one")
+    if not settings.max_class_weight >= 1:
+        problems.append(f"--max-class-weight must be >= 1, got {settings.max_class_weight}")
     if problems:
         raise StageError("; ".join(problems))
 
@@ -90,17 +96,25 @@ def learning_rate(schedule: str, initial: float, total_steps: int):
     return initial
 
 
+def class_weights(data: PreparedData, settings: TrainSettings) -> list[float]:
+    """The loss weight of each class, from the training split's pixels (`losses.py`)."""
+    if settings.class_balance == "none":
+        return [1.0] * len(data.labels)
+    return losses.median_frequency_weights(data.pixel_counts["train"], settings.max_class_weight)
+
+
 def build_model(
-    num_classes: int,
+    weights: list[float],
     settings: TrainSettings,
     total_steps: int,
     mixed_precision: bool,
     replicas: int = 1,
 ) -> keras.Model:
-    """The ICNet training model, compiled with the three-output loss on its float32 logits and
-    the optimizer, its learning rate scaled for the replicas as `train.scaling` says."""
+    """The ICNet training model for len(weights) classes, compiled with the three-output loss
+    on its float32 logits, each pixel weighted by its class's weight, and the optimizer, its
+    learning rate scaled for the replicas as `train.scaling` says."""
     with dtype_policy("mixed_float16" if mixed_precision else "float32"):
-        model = icnet.build_icnet(num_classes, settings.image_size, settings.alpha)
+        model = icnet.build_icnet(len(weights), settings.image_size, settings.alpha)
     rate = learning_rate(settings.schedule, settings.learning_rate * replicas, total_steps)
     # Named: checkpoints find its variables by path ("adam/iteration"), and Keras numbers the
     # default names within a process (adam, adam_1, ...).
@@ -110,12 +124,7 @@ def build_model(
         optimizer = keras.optimizers.Adam(rate, name="adam")
     model.compile(
         optimizer=optimizer,
-        loss={
-            name: keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, ignore_class=dataset.IGNORE
-            )
-            for name in OUTPUTS
-        },
+        loss={name: losses.WeightedCrossEntropy(weights, dataset.IGNORE) for name in OUTPUTS},
         loss_weights=dict(zip(OUTPUTS, settings.loss_weights, strict=True)),
     )
     # Built now rather than inside the first training step: the step is then traced once,
@@ -185,10 +194,13 @@ def tensorboard_dir(output_dir: Path) -> str:
     return os.environ.get("AIP_TENSORBOARD_LOG_DIR") or str(output_dir / "logs")
 
 
-def run_key(data: PreparedData, settings: TrainSettings, scale: Scaling, mixed: bool) -> dict:
+def run_key(
+    data: PreparedData, settings: TrainSettings, scale: Scaling, mixed: bool, weights: list[float]
+) -> dict:
     """What a checkpoint must share with a run to be resumed by it: what shapes the variables
     (labels, size, alpha, optimizer, mixed precision's loss scale) and what the remaining
-    epochs would train differently (epochs, steps, learning-rate schedule, loss weights)."""
+    epochs would train differently (epochs, steps, learning-rate schedule, loss and class
+    weights, resize mode)."""
     return {
         "labels": data.labels,
         "image_size": list(settings.image_size),
@@ -200,6 +212,9 @@ def run_key(data: PreparedData, settings: TrainSettings, scale: Scaling, mixed: 
         "learning_rate": scale.learning_rate,
         "schedule": settings.schedule,
         "loss_weights": list(settings.loss_weights),
+        "class_weights": weights,
+        "resize": settings.resize,
+        "init": settings.init,
     }
 
 
@@ -219,7 +234,7 @@ def training_data(
         normalization=NORMALIZATION,
         seed=settings.seed,
         target_sizes=target_sizes,
-        ignore_class_zero=settings.ignore_class_zero,
+        resize=settings.resize,
     )
     return distribute.shard_by_data(batches)
 
@@ -234,8 +249,9 @@ def chief_callbacks(
         settings.batch_size,
         training=False,
         normalization=NORMALIZATION,
+        resize=settings.resize,
     )
-    validation = callbacks.Validation(val_data, data.labels, settings.ignore_class_zero)
+    validation = callbacks.Validation(val_data, data.labels)
     return validation, [
         validation,
         callbacks.LearningRate(),
@@ -258,7 +274,8 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     output_dir = Path(output_dir)
     mixed = use_mixed_precision(settings.mixed_precision)
     scale = scaling(settings, strategy.num_replicas_in_sync, data.records["train"])
-    key = run_key(data, settings, scale, mixed)
+    weights = class_weights(data, settings)
+    key = run_key(data, settings, scale, mixed, weights)
     resume_from = checkpoints.latest(output_dir / checkpoints.DIRECTORY, key)  # the chief's
     keras.utils.set_random_seed(settings.seed)  # the same everywhere: see shard_by_data
     log.info(
@@ -275,15 +292,21 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     )  # fmt: skip
     with strategy.scope():
         total_steps = scale.steps_per_epoch * settings.epochs
-        model = build_model(len(data.labels), settings, total_steps, mixed, scale.replicas)
+        model = build_model(weights, settings, total_steps, mixed, scale.replicas)
         history: list[dict] = []
         if resume_from:
             history = checkpoints.restore(resume_from, model)["history"]
             log.info("resuming from %s (epoch %d done)", resume_from.name, len(history))
+            if settings.fine_tune_from or settings.init != "random":
+                log.info("not initializing the weights again: the checkpoint supersedes that")
+        else:
+            report = None
             if settings.fine_tune_from:
-                log.info("not loading --fine-tune-from again: the checkpoint supersedes it")
-        elif settings.fine_tune_from:
-            load_fine_tune_weights(model, settings.fine_tune_from, settings)
+                load_fine_tune_weights(model, settings.fine_tune_from, settings)
+            elif settings.init != "random":
+                report = pretrained.initialize(model, settings.init)
+            if chief:  # read back for config.json, also by a resumed run
+                checkpoints.save_init_report(output_dir / checkpoints.DIRECTORY, report)
     train_data = training_data(data, settings, scale, output_sizes(model))
     validation, chief_only = None, []  # only the chief validates and writes
     if chief:
@@ -301,10 +324,12 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     if not chief:
         log.info("done: the chief writes the model dir %s", output_dir)
         return {}
+    best = publish_best_epoch(model, output_dir / checkpoints.DIRECTORY, history, validation)
     final = {f"val_{name}": value for name, value in validation.evaluate_once(model).items()}
+    final["best_epoch"] = best
     final["epochs"] = len(history)
     final["final_loss"] = history[-1].get("loss") if history else None
-    write_model_dir(output_dir, model, data, settings, history, final, scale, mixed)
+    write_model_dir(output_dir, model, data, settings, history, final, scale, mixed, weights)
     log.info(
         "done: val pixel accuracy %s, val mean IoU %s -> %s",
         final["val_pixel_accuracy"],
@@ -312,6 +337,24 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
         output_dir,
     )
     return final
+
+
+def publish_best_epoch(
+    model: keras.Model, directory: Path, history: list[dict], validation: callbacks.Validation
+) -> int:
+    """Give the model the weights of the epoch with the best validation mean IoU (kept among
+    the checkpoints), the one the model folder publishes; return that epoch."""
+    best = checkpoints.best_epoch(history)
+    if best != len(history):
+        checkpoints.restore(checkpoints.path_of(directory, best), model, optimizer=False)
+        validation.last = None  # its scores are the last epoch's
+        log.info(
+            "publishing epoch %d, the best by validation mean IoU (%.4f; the last, epoch %d: "
+            "%.4f)",
+            best, history[best - 1][checkpoints.BEST_METRIC], len(history),
+            history[-1].get(checkpoints.BEST_METRIC, float("nan")),
+        )  # fmt: skip
+    return best
 
 
 def write_model_dir(
@@ -323,10 +366,11 @@ def write_model_dir(
     scores: dict,
     scale: Scaling,
     mixed_precision: bool,
+    weights: list[float],
 ) -> None:
     """The model folder (model_folder.py): weights, history, scores, and config.json last."""
     training = asdict(settings)
-    del training["image_size"], training["alpha"]
+    del training["image_size"], training["alpha"], training["resize"]
     training |= {
         "steps_per_epoch": scale.steps_per_epoch,
         "mixed_precision": "on" if mixed_precision else "off",
@@ -335,6 +379,9 @@ def write_model_dir(
         "effective_learning_rate": scale.learning_rate,
         "train_records": data.records["train"],
         "val_records": data.records["val"],
+        "class_weights": dict(zip(data.labels, weights, strict=True)),
+        "best_epoch": scores["best_epoch"],
+        "init_report": checkpoints.read_init_report(output_dir / checkpoints.DIRECTORY),
     }
     model_folder.write_model_dir(
         output_dir,
@@ -345,6 +392,7 @@ def write_model_dir(
             "image_size": list(settings.image_size),
             "alpha": settings.alpha,
             "normalization": asdict(NORMALIZATION),
+            "preprocessing": {"resize": settings.resize},
             "main_output": MAIN_OUTPUT,
             "training": training,
         },

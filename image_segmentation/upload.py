@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir",
         type=Path,
-        help="trained model folder, for the manifest's labels, config and training metrics; "
+        help="trained model folder, for the manifest's labels and config; "
         "default: the export's own record of them",
     )
     parser.add_argument(
@@ -111,17 +111,19 @@ def version_prefix(destination: str, model_name: str, version: str) -> tuple[str
 
 
 def model_info(record: dict, model_dir: Path | None) -> dict:
-    """Labels, model config and training metrics for the manifest: from the model folder when
-    given, once its labels show it is the model the export was made from, else from the
-    export's record, which holds them too."""
+    """Labels, model config and metrics for the manifest. The metrics are the export's record
+    of the evaluate stage's (the published numbers are the gated ones); labels and config come
+    from the model folder when given, once its labels show it is the model the export was
+    made from, else from the export's record, which holds them too."""
+    metrics = record.get("metrics")
     if model_dir is None:
-        return {key: record.get(key) for key in ("labels", "config", "metrics")}
+        return {"labels": record.get("labels"), "config": record.get("config"), "metrics": metrics}
     config = model_folder.require_complete(model_dir)
     check_same_labels(record["labels"], config["labels"], model_dir)
     return {
         "labels": config["labels"],
         "config": {key: value for key, value in config.items() if key != "labels"},
-        "metrics": model_folder.read_training_metrics(model_dir),
+        "metrics": metrics,
     }
 
 

@@ -12,7 +12,7 @@ shows them in its run form. The defaults are the legacy README's living-room exa
 """
 
 from kfp import compiler, dsl
-from kfp.dsl import Input, Model, graph_component
+from kfp.dsl import Artifact, Input, Model, graph_component
 
 from components import (
     Images,
@@ -45,7 +45,8 @@ def publish(upload, exported, model, destination, model_name, version) -> dsl.Pi
 
 def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.GraphComponent:
     """The pipeline with its steps running on `images`; `on_vertex` False: the train step is a
-    plain container step (machine settings ignored), as kfp.local can run it."""
+    plain container step (machine settings ignored), as kfp.local can run it, in the export
+    image, which does not carry the ImageNet weights: there `init` defaults to random."""
     download = download_component(images)
     prepare = prepare_component(images)
     train = train_component(images)
@@ -58,8 +59,10 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
     # The compiler does not pass a parameter that only sets a step's resources into a condition
     # (the quality gate), so convert runs inside this small pipeline, whose inputs reach it.
     @dsl.pipeline(name="convert-with-resources")
-    def convert_with_resources(model: Input[Model], cpu: str, memory: str) -> Model:
-        converted = convert(model=model)
+    def convert_with_resources(
+        model: Input[Model], evaluation: Input[Artifact], cpu: str, memory: str
+    ) -> Model:
+        converted = convert(model=model, evaluation=evaluation)
         converted.set_cpu_limit(cpu).set_memory_limit(memory)
         return converted.outputs["exported"]
 
@@ -80,6 +83,8 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
         steps_per_epoch: int = 200,
         batch_size: int = 8,
         learning_rate: float = 1e-3,
+        init: str = "imagenet" if on_vertex else "random",
+        resize: str = "stretch",
         machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
         accelerator_count: int = 1,
@@ -118,6 +123,13 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
                 times the number of GPUs on all machines.
             learning_rate: Initial Adam learning rate for one GPU; it is multiplied by the
                 number of GPUs on all machines, as the global batch grows with them.
+            init: How the weights start: imagenet (the residual stages from ImageNet
+                ResNet-50, pruned to ICNet's widths; the train image carries the file),
+                random, or a gs:// ResNet-50 weights file. Run once with each to measure the
+                gain on your data.
+            resize: How photos become the model input, for training, evaluation and the
+                apps: stretch (whole photo, aspect not kept; Vision scaleFill) or crop
+                (centred window; Vision centerCrop).
             machine_type: Machine of the training job; it fixes the GPUs it can carry, e.g.
                 g2-standard-8 (1 L4), g2-standard-24 (2 L4), n1-standard-8 (1-4 T4),
                 a2-highgpu-1g (1 A100), a3-highgpu-1g (1 H100).
@@ -137,8 +149,9 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
             convert_cpu: vCPUs of the convert step.
             convert_memory: Memory of the convert step, e.g. 16G.
             min_miou: Quality gate (0-1): the model is converted and published only when its
-                mean IoU on the validation split, ignoring pixels of class 0 'none' (the ADE20K
-                benchmark convention), is at least this; 0 publishes every model.
+                mean IoU on the validation split is at least this; 0 publishes every model.
+                ADE20K benchmark convention: class 0 'none' (the classes not on the
+                whitelist) is scored like the others, unlabelled pixels are not.
         """
         downloaded = download(source=source_url, sha1=source_sha1)
         prepared = prepare(
@@ -157,6 +170,8 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
             "steps_per_epoch": steps_per_epoch,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
+            "init": init,
+            "resize": resize,
         }
         if on_vertex:
             model = training.train_on_vertex(
@@ -177,7 +192,10 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
         evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
         with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
             exported = convert_with_resources(
-                model=model, cpu=convert_cpu, memory=convert_memory
+                model=model,
+                evaluation=evaluated.outputs["evaluation"],
+                cpu=convert_cpu,
+                memory=convert_memory,
             ).output
             # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
             # so the default version is chosen here: one of the two upload tasks runs.

@@ -774,6 +774,9 @@ def test_a_bad_model_folder_is_refused(
         data = tmp_path / "data"  # a folder of 5 classes, whose masks use only the first 4
         shutil.copytree(prepared_data, data)
         stats = json.loads((data / "stats.json").read_text())
+        for split in stats["splits"].values():
+            counts = [*split["pixel_counts"].values(), 0]
+            split["pixel_counts"] = dict(zip(FIVE_LABELS, counts, strict=True))
         (data / "stats.json").write_text(json.dumps(stats | {"labels": FIVE_LABELS}))
         (data / "labels.txt").write_text(labels.format_labels_file(FIVE_LABELS))
     args = ["evaluate", "--model-dir", str(model), "--data-dir", str(data)]

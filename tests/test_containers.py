@@ -164,6 +164,10 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     matrix = json.loads((run_root / "evaluate" / "confusion_matrix").read_text())
     assert len(matrix["confusionMatrix"]["rows"]) == 11  # none + the ten living-room classes
     assert "<html" in (run_root / "evaluate" / "report").read_text()
+    # The published numbers are the gated ones: the evaluate step's, not training's.
+    manifest = json.loads(gcs_client.bucket("local-models").blob(manifest_name).download_as_text())
+    assert manifest["metrics"]["source"] == "evaluate stage, validation split"
+    assert {k: manifest["metrics"][k] for k in evaluation} == evaluation
 
     # The same images, so the cache applies: straight to the command `make pipeline-local`
     # runs after building them (a rebuild could differ if a file changed in the meantime).

@@ -24,6 +24,15 @@ def example(mask_values: list[int]) -> bytes:
     return records.segmentation_example(jpeg.getvalue(), "sample.jpg", 6, 8, png)
 
 
+def pixel_counts(shards: list[list[bytes]], class_labels: list[str]) -> dict[str, int]:
+    """The pixels of each class in the records' masks, as prepare counts them."""
+    counts = np.zeros(256, np.int64)
+    for record in (record for shard in shards for record in shard):
+        png = records.decode_example(record)[records.MASK_ENCODED]
+        counts += np.bincount(np.asarray(Image.open(io.BytesIO(png))).ravel(), minlength=256)
+    return dict(zip(class_labels, map(int, counts), strict=False))
+
+
 def write_folder(
     out: Path, shards: dict[str, list[list[bytes]]], class_labels: list[str] = LABELS
 ) -> Path:
@@ -38,7 +47,11 @@ def write_folder(
                 with records.TFRecordWriter(out / name) as writer:
                     for record in shard_records:
                         writer.write(record)
-            splits[split] = {"shards": names, "records_per_shard": list(map(len, contents))}
+            splits[split] = {
+                "shards": names,
+                "records_per_shard": list(map(len, contents)),
+                "pixel_counts": pixel_counts(contents, class_labels),
+            }
         data_folder.publish(out, generation, {"labels": class_labels, "splits": splits})
     return out
 
@@ -72,6 +85,8 @@ def test_a_complete_folder_is_read_with_its_labels_shards_and_records(tmp_path):
         "val": [tmp_path / "val-00000-of-00001.tfrecord"],
     }
     assert data.records == {"train": 3, "val": 1}
+    # masks of 6x8: train [0, 1], [2] and [1, 2] in stripes, val [0, 2]
+    assert data.pixel_counts == {"train": [24, 48, 72], "val": [24, 0, 24]}
     assert data_folder.list_shards(tmp_path, "val") == data.shards["val"]
     assert data_folder.count_records(data.shards["train"]) == 3
     assert labels.read_labels_file(tmp_path / "labels.txt") == LABELS
@@ -95,8 +110,10 @@ def break_folder(case: str, folder: Path) -> Path:
         (folder / "stats.json").unlink()
     elif case == "stats not json":
         (folder / "stats.json").write_text("{not json")
-    elif case == "format 1":
-        edit_stats(folder, lambda stats: stats.update(format_version=1))
+    elif case == "format 2":  # unlabelled pixels merged into none
+        edit_stats(folder, lambda stats: stats.update(format_version=2))
+    elif case == "no pixel counts":
+        edit_stats(folder, lambda stats: stats["splits"]["train"].pop("pixel_counts"))
     elif case == "shard outside":
         edit_stats(folder, lambda stats: stats["splits"]["val"]["shards"].__setitem__(0, "../x"))
     elif case == "no labels":
@@ -112,8 +129,10 @@ def break_folder(case: str, folder: Path) -> Path:
         write_folder(folder, {"train": [[example([1])]], "val": [[]]})
     elif case == "one class":
         write_folder(folder, {"train": [[example([0])]], "val": [[example([0])]]}, ["none"])
-    elif case == "masks beyond labels":
-        write_folder(folder, {"train": [[example([0, 2])]], "val": [[example([1])]]}, LABELS[:2])
+    elif case == "masks beyond labels":  # unlabelled pixels (IGNORE) are no class
+        write_folder(
+            folder, {"train": [[example([0, 255, 2])]], "val": [[example([1])]]}, LABELS[:2]
+        )
     return folder
 
 
@@ -123,7 +142,8 @@ def break_folder(case: str, folder: Path) -> Path:
         ("missing dir", r"data dir .*nothing-here does not exist"),
         ("no stats", r"has no stats\.json: the prepare stage did not finish there, or it is not"),
         ("stats not json", r"stats\.json is not valid JSON"),
-        ("format 1", r"unsupported format_version 1 \(this code reads 2\); run prepare again"),
+        ("format 2", r"unsupported format_version 2 \(this code reads 3\); run prepare again"),
+        ("no pixel counts", r"splits\.train\.pixel_counts needs a count for each label"),
         ("shard outside", r"splits\.val needs 'shards' \(val shard names\)"),
         ("no labels", r"has no labels\.txt"),
         (
@@ -160,8 +180,9 @@ def test_a_rerun_writes_a_new_generation_and_switches_to_it_when_published(tmp_p
                 writer.write(example([1]))
         assert folder_files(tmp_path).items() >= first.items()  # the first still intact
         assert data_folder.read_prepared(tmp_path).records == {"train": 3, "val": 1}
-        splits = {split: {"shards": [name], "records_per_shard": [1]} for split, name in
-                  zip(data_folder.SPLITS, names, strict=True)}  # fmt: skip
+        splits = {split: {"shards": [name], "records_per_shard": [1],
+                          "pixel_counts": dict.fromkeys(LABELS[:2], 6 * 8)}
+                  for split, name in zip(data_folder.SPLITS, names, strict=True)}  # fmt: skip
         data_folder.publish(tmp_path, generation, {"labels": LABELS[:2], "splits": splits})
     assert sorted(folder_files(tmp_path)) == sorted(
         ["labels.txt", "notes.txt", "stats.json", *names]

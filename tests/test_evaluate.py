@@ -28,7 +28,8 @@ from image_segmentation import (
 from image_segmentation.errors import StageError
 
 LABELS = ["none", "red thing", "green thing"]
-COLORS = np.array([(25, 25, 25), (225, 30, 30), (30, 225, 30)], dtype=np.uint8)
+COLORS = np.full((256, 3), 128, dtype=np.uint8)  # unlabelled pixels grey
+COLORS[:3] = [(25, 25, 25), (225, 30, 30), (30, 225, 30)]
 SIZES = [(40, 60), (50, 50), (33, 47), (64, 96), (45, 30)]  # first shard: 3, second: 2
 MODEL_SIZE = (64, 64)
 HISTORY = [
@@ -45,13 +46,16 @@ def encode(pixels: np.ndarray, format: str) -> bytes:
 
 
 def make_masks(seed: int = 0) -> list[np.ndarray]:
-    """Masks of regions 10 px wide: every class in every image, sizes and aspects differ."""
+    """Masks of regions 10 px wide: every class in every image, sizes and aspects differ, and
+    an unlabelled corner (IGNORE)."""
     rng = np.random.default_rng(seed)
     masks = []
     for height, width in SIZES:
         grid = rng.integers(0, 3, size=(height // 10 + 1, width // 10 + 1))
         grid.flat[:3] = [0, 1, 2]
-        masks.append(np.kron(grid, np.ones((10, 10), int))[:height, :width].astype(np.uint8))
+        mask = np.kron(grid, np.ones((10, 10), int))[:height, :width].astype(np.uint8)
+        mask[-6:, :8] = dataset.IGNORE
+        masks.append(mask)
     return masks
 
 
@@ -109,7 +113,8 @@ def model_dir(tmp_path_factory):
 
 
 def class_counts(masks) -> np.ndarray:
-    return sum(np.bincount(mask.ravel(), minlength=3) for mask in masks)
+    """Labelled pixels per class."""
+    return sum(np.bincount(mask.ravel(), minlength=256)[:3] for mask in masks)
 
 
 @pytest.mark.slow
@@ -131,25 +136,25 @@ def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_fi
     assert result["labels"] == LABELS
     assert result["confusion_matrix"] == [[0, n0, 0], [0, n1, 0], [0, n2, 0]]
     assert result["gate_metric"] == "miou"
-    assert result["miou"] == pytest.approx((n1 / (n1 + n2) + 0.0) / 2)
-    assert result["pixel_accuracy"] == pytest.approx(n1 / (n1 + n2))
-    assert result["ignore_none"]["class_iou"] == {
-        "none": None,
-        "red thing": pytest.approx(n1 / (n1 + n2)),
+    # "none" is scored: red claimed on none pixels is a false positive; unlabelled pixels are
+    # not scored at all
+    total = n0 + n1 + n2
+    assert result["class_iou"] == {
+        "none": 0.0,
+        "red thing": pytest.approx(n1 / total),
         "green thing": 0.0,
     }
-    total = n0 + n1 + n2
-    assert result["miou_all_classes"] == pytest.approx(n1 / total / 3)
-    assert result["pixel_accuracy_all_classes"] == pytest.approx(n1 / total)
-    assert result["all_classes"]["pixels_scored"] == total
+    assert result["miou"] == pytest.approx(n1 / total / 3)
+    assert result["pixel_accuracy"] == pytest.approx(n1 / total)
+    assert result["pixels_scored"] == total < sum(mask.size for mask in masks)
+    assert result["evaluation"]["resize"] == "stretch"
+    assert result["evaluation"]["model_weights_sha256"] == model_folder.weights_digest(model_dir)
 
     assert capsys.readouterr().out.strip() == f"miou {result['miou']:.6f}"
     assert float(gate.read_text()) == result["miou"]
     assert json.loads(kfp_metrics.read_text()) == {
         "miou": result["miou"],
         "pixel_accuracy": result["pixel_accuracy"],
-        "miou_all_classes": result["miou_all_classes"],
-        "pixel_accuracy_all_classes": result["pixel_accuracy_all_classes"],
     }
     matrix = json.loads(kfp_matrix.read_text())["confusionMatrix"]
     assert matrix["annotationSpecs"] == [{"displayName": name} for name in LABELS]
@@ -224,12 +229,19 @@ def colour_model() -> keras.Model:
     return model
 
 
+NORMALIZATION = {"scale": 1 / 255, "offset": -0.5}
+
+
+def labelled(masks) -> int:
+    return sum(int(np.sum(mask != dataset.IGNORE)) for mask in masks)
+
+
 def test_predictions_are_upsampled_to_each_annotation_in_the_right_orientation(data_dir, masks):
     batches = evaluator.validation_batches(
-        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, None
+        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, NORMALIZATION, "stretch", 2, None
     )
     confusion, examples, seen = evaluator.evaluate_model(colour_model(), batches, 3, 5, 2)
-    assert seen == 5 and confusion.sum() == sum(mask.size for mask in masks)
+    assert seen == 5 and confusion.sum() == labelled(masks)
     # only pixels near region borders may be wrong (4x pooling, resize to 64x64 and back)
     assert np.trace(confusion) / confusion.sum() > 0.9
     assert [e.name for e in examples] == ["val_0_0.jpg", "val_0_1.jpg"]
@@ -237,9 +249,27 @@ def test_predictions_are_upsampled_to_each_annotation_in_the_right_orientation(d
     assert examples[0].pixel_accuracy > 0.9
 
 
+def test_a_centre_cropping_model_is_scored_on_the_window_it_sees(data_dir, masks):
+    batches = evaluator.validation_batches(
+        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, NORMALIZATION, "crop", 2, None
+    )
+    confusion, examples, seen = evaluator.evaluate_model(colour_model(), batches, 3, 5, 2)
+    windows = []  # the square centred window of each mask
+    for mask in masks:
+        side = min(mask.shape)
+        top, left = (mask.shape[0] - side) // 2, (mask.shape[1] - side) // 2
+        windows.append(mask[top : top + side, left : left + side])
+    assert seen == 5 and confusion.sum() == labelled(windows) < labelled(masks)
+    assert np.trace(confusion) / confusion.sum() > 0.9
+    # 40x60: the 40x40 window is predicted, the 10 columns each side are not (IGNORE)
+    prediction = examples[0].prediction
+    assert (prediction[:, :10] == dataset.IGNORE).all() and (prediction[:, 50:] == 255).all()
+    assert (prediction[:, 10:50] < 3).all() and examples[0].pixel_accuracy > 0.9
+
+
 def test_a_mask_value_beyond_the_labels_is_refused(data_dir):
     batches = evaluator.validation_batches(
-        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, dataset.Normalization(), 2, 1
+        data_folder.list_shards(data_dir, "val"), MODEL_SIZE, NORMALIZATION, "stretch", 2, 1
     )
     with pytest.raises(StageError, match="mask value 2, but the labels list only 2 classes"):
         evaluator.evaluate_model(colour_model(), batches, 2, 1, 0)

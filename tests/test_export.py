@@ -5,6 +5,7 @@ rescaled so the probabilities are peaked, as a trained model's are, and argmax a
 means something.
 """
 
+import functools
 import json
 import os
 import re
@@ -24,9 +25,11 @@ from image_segmentation import (
     coreml,
     coreml_spec,
     dataset,
+    evaluate,
     export,
     export_folder,
     exporter,
+    files,
     icnet,
     inference,
     model_folder,
@@ -50,7 +53,7 @@ def write_model_dir(directory: Path, normalization: dict, alpha: float = 0.25) -
     keras.utils.set_random_seed(0)
     model = icnet.build_icnet(len(LABELS), SIZE, alpha)
     classifier = model.get_layer("conv6_cls_logits")
-    images, _ = tflite.load_check_images(None, SIZE, dataset.Normalization(**normalization))
+    images, _ = tflite.load_check_images(None, SIZE, normalization, "stretch")
     logits = keras.Model(model.input, classifier.output)(images).numpy()
     classifier.kernel.assign(classifier.kernel.numpy() * 10 / logits.std())
     logits = keras.Model(model.input, classifier.output)(images).numpy()
@@ -78,13 +81,41 @@ def model_dir(tmp_path_factory) -> Path:
     return write_model_dir(tmp_path_factory.mktemp("model"), LEGACY_NORMALIZATION)
 
 
+def write_evaluation(directory: Path, model_dir: Path) -> Path:
+    """An evaluate-stage output of `model_dir`, as the stage writes its metrics.json."""
+    files.write_json(
+        directory / evaluate.METRICS_FILE,
+        {
+            "miou": 0.41, "pixel_accuracy": 0.83, "classes_scored": 4, "pixels_scored": 1000,
+            "class_iou": dict(zip(LABELS, [0.9, 0.3, 0.2, 0.24], strict=True)), "images": 3,
+            "evaluation": {"resize": "stretch",
+                           "model_weights_sha256": model_folder.weights_digest(model_dir)},
+        },
+    )  # fmt: skip
+    return directory
+
+
 @pytest.fixture(scope="module")
 def default_export(model_dir, tmp_path_factory) -> tuple[Path, dict]:
     """The default export (FP16 ML Program, S/4 probabilities, TFLite) checked on the real
-    ADE20K images."""
+    ADE20K images, with the evaluate stage's metrics of the model."""
     output = tmp_path_factory.mktemp("export")
+    evaluation = write_evaluation(tmp_path_factory.mktemp("evaluation"), model_dir)
     options = export.ExportOptions(check_images=ADE_SAMPLE / "images", version="2.1")
-    return output, exporter.export_model(model_dir, output, options)
+    metrics = evaluate.published_metrics(evaluation, model_dir)
+    return output, exporter.export_model(model_dir, output, options, metrics)
+
+
+def test_only_an_evaluation_of_the_exported_weights_is_published(model_dir, tmp_path):
+    evaluation = write_evaluation(tmp_path / "evaluation", model_dir)
+    published = evaluate.published_metrics(evaluation, model_dir)
+    assert published["miou"] == 0.41 and published["class_iou"]["wall"] == 0.3
+    assert published["source"] == "evaluate stage, validation split"
+    other = write_model_dir(tmp_path / "other", LEGACY_NORMALIZATION, alpha=0.5)
+    with pytest.raises(StageError, match=r"scores other weights than .*other's"):
+        evaluate.published_metrics(evaluation, other)
+    with pytest.raises(StageError, match=r"has no metrics\.json: the evaluate stage did not"):
+        evaluate.published_metrics(tmp_path, model_dir)
 
 
 def metadata(spec) -> dict:
@@ -126,11 +157,13 @@ def test_default_export_carries_labels_preview_and_descriptions(default_export):
     assert json.loads(stored["com.apple.coreml.model.preview.params"]) == {"labels": LABELS}
     assert stored["output"] == "probabilities"
     assert json.loads(stored["normalization"]) == LEGACY_NORMALIZATION
+    assert stored["vision_image_crop_and_scale_option"] == "scaleFill"
     description = spec.description.metadata
     assert description.versionString == "2.1"
     assert description.author == export.DEFAULT_AUTHOR and "ADE20K" in description.license
     assert "4 classes" in description.shortDescription
     assert "pixel * 0.00392157 - 0.5" in spec.description.input[0].shortDescription
+    assert "imageCropAndScaleOption to .scaleFill" in spec.description.input[0].shortDescription
     assert "1/4 of the input size" in spec.description.output[0].shortDescription
     # The TFLite figures travel inside the Core ML model too.
     assert (
@@ -151,7 +184,7 @@ def test_tflite_matches_keras_on_the_real_images(default_export, model_dir):
     # Independently: the files on disk reproduce Keras on the same images.
     model, config = inference.load_inference_model(model_dir)
     images, _ = tflite.load_check_images(
-        ADE_SAMPLE / "images", SIZE, dataset.Normalization(**config["normalization"])
+        ADE_SAMPLE / "images", SIZE, config["normalization"], "stretch"
     )
     reference = model.predict(images, verbose=0)
     assert reference.max(axis=-1).mean() > 0.8  # peaked, and every class wins pixels:
@@ -181,7 +214,11 @@ def test_export_json_lists_files_and_feeds_the_upload_stage(default_export, mode
     assert export_folder.require_complete(output) == result
     info = upload.model_info(result, None)
     assert info["labels"] == LABELS
-    assert info["metrics"] == METRICS
+    assert info["metrics"]["miou"] == 0.41 == result["metrics"]["miou"]
+    assert result["preprocessing"] == {
+        "resize": "stretch",
+        "vision_image_crop_and_scale_option": "scaleFill",
+    }
     assert "labels" not in info["config"] and info["config"]["alpha"] == 0.25
     assert upload.model_info(result, model_dir) == info  # the model it was made from
     assert result["output"] == {"kind": "probabilities", "name": "probabilities",
@@ -284,11 +321,12 @@ def test_export_at_another_size_keeps_the_weights(model_dir):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_check_images_are_what_validation_feeds_the_model(tmp_path):
+@pytest.mark.parametrize("resize", ["stretch", "crop"])
+def test_check_images_are_what_validation_feeds_the_model(tmp_path, resize):
     """The real images, through export's preprocessing and through the training input
-    pipeline (validation view of a TFRecord shard), give the same tensors."""
-    normalization = dataset.Normalization(scale=2 / 255, offset=-1.0)
-    images, names = tflite.load_check_images(ADE_SAMPLE / "images", SIZE, normalization)
+    pipeline (validation view of a TFRecord shard), give the same tensors: one contract."""
+    normalization = {"scale": 2 / 255, "offset": -1.0}
+    images, names = tflite.load_check_images(ADE_SAMPLE / "images", SIZE, normalization, resize)
     assert names == ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_val_00000003.jpg"]
     shard = tmp_path / "val-00000-of-00001.tfrecord"
     with records.TFRecordWriter(shard) as writer:
@@ -298,23 +336,32 @@ def test_check_images_are_what_validation_feeds_the_model(tmp_path):
             with Image.open(ADE_SAMPLE / "images" / name) as image:
                 width, height = image.size
             writer.write(records.segmentation_example(jpeg, name, height, width, mask))
-    batches = dataset.make_dataset([shard], SIZE, 8, training=False, normalization=normalization)
+    batches = dataset.make_dataset(
+        [shard],
+        SIZE,
+        8,
+        training=False,
+        normalization=dataset.Normalization(**normalization),
+        resize=resize,
+    )
     (validation, _), *_ = list(batches)
     np.testing.assert_allclose(images, validation.numpy(), atol=1e-5)
     assert images.std() > 0.2  # real pixels in [-1, 1]
 
 
 def test_generated_check_images_are_deterministic(tmp_path):
-    normalization = dataset.Normalization()
-    generated, names = tflite.load_check_images(None, SIZE, normalization)
+    check = functools.partial(
+        tflite.load_check_images, size=SIZE, normalization=LEGACY_NORMALIZATION, resize="crop"
+    )
+    generated, names = check(None)
     assert generated.shape == (tflite.SYNTHETIC_CHECK_IMAGES, *SIZE, 3) and len(names) == 3
-    np.testing.assert_array_equal(generated, tflite.load_check_images(None, SIZE, normalization)[0])
+    np.testing.assert_array_equal(generated, check(None)[0])
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(StageError, match="holds no"):
-        tflite.load_check_images(tmp_path, SIZE, normalization)
+        check(tmp_path)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(StageError, match="cannot be read"):
-        tflite.load_check_images(tmp_path, SIZE, normalization)
+        check(tmp_path)
 
 
 def test_numeric_bounds_are_enforced():

@@ -30,16 +30,18 @@ def test_living_room_whitelist_from_the_legacy_readme():
 
 def test_synonyms_and_merged_groups():
     whitelist = labels.parse_whitelist("person|car:truck:van|pavement")
-    assert whitelist.groups == ((0,), (13,), (21, 84, 103), (12,))
+    assert whitelist.groups == ((), (13,), (21, 84, 103), (12,))
     assert whitelist.labels[2] == "car, auto, automobile, machine, motorcar:truck, motortruck:van"
     table = whitelist.lookup_table()
-    assert table[[0, 13, 21, 84, 103, 12, 1, 150]].tolist() == [0, 1, 2, 2, 2, 3, 0, 0]
+    # ADE20K's unlabelled 0 is no class (255); classes not on the whitelist are "none"
+    assert table[[0, 13, 21, 84, 103, 12, 1, 150]].tolist() == [255, 1, 2, 2, 2, 3, 0, 0]
 
 
 def test_no_whitelist_means_all_150_classes():
     whitelist = labels.parse_whitelist(None)
     assert whitelist.num_classes == 151
-    assert np.array_equal(whitelist.lookup_table()[:151], np.arange(151))
+    assert whitelist.lookup_table()[0] == 255
+    assert np.array_equal(whitelist.lookup_table()[1:151], np.arange(1, 151))
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,14 @@ from tests.conftest import ADE_SAMPLE
 UNLABELLED = 255
 
 
-def reference(truths, predictions, num_classes: int, skip_zero: bool) -> dict:
+def reference(truths, predictions, num_classes: int) -> dict:
     """Pixel accuracy, per-class IoU and mean IoU by plain loops over the pooled pixels."""
     truth = np.concatenate([np.ravel(t) for t in truths]).astype(int)
     predicted = np.concatenate([np.ravel(p) for p in predictions]).astype(int)
     scored = truth < num_classes
-    if skip_zero:
-        scored &= truth != 0
     truth, predicted = truth[scored], predicted[scored]
     ious = {}
-    for c in range(1 if skip_zero else 0, num_classes):
+    for c in range(num_classes):
         tp = np.sum((truth == c) & (predicted == c))
         fp = np.sum((truth != c) & (predicted == c))
         fn = np.sum((truth == c) & (predicted != c))
@@ -45,7 +43,7 @@ def accumulate(truths, predictions, num_classes: int) -> np.ndarray:
 
 def assert_matches(result: dict, expected: dict, labels: list[str]) -> None:
     assert result["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
-    assert result["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+    assert result["miou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
     for index, label in enumerate(labels):
         if index in expected["class_iou"]:
             assert result["class_iou"][label] == pytest.approx(expected["class_iou"][index])
@@ -80,18 +78,14 @@ def generated_pairs(seed=0):
 LABELS7 = ["none", "a", "b", "c", "d (only predicted)", "e", "f (absent)"]
 
 
-def test_generated_maps_match_the_reference_in_both_conventions():
+def test_generated_maps_match_the_reference():
     truths, predictions = generated_pairs()
     summary = metrics.summary(accumulate(truths, predictions, 7), LABELS7)
-    for key, skip in (("all_classes", False), ("ignore_none", True)):
-        assert_matches(summary[key], reference(truths, predictions, 7, skip), LABELS7)
-    assert summary["miou"] == summary["ignore_none"]["mean_iou"]
-    assert summary["miou_all_classes"] == summary["all_classes"]["mean_iou"]
-    assert summary["pixel_accuracy"] == summary["ignore_none"]["pixel_accuracy"]
+    assert_matches(summary, reference(truths, predictions, 7), LABELS7)
     # a class only predicted scores 0 and counts; a class absent everywhere does not count
-    assert summary["all_classes"]["class_iou"]["d (only predicted)"] == 0.0
-    assert summary["all_classes"]["class_iou"]["f (absent)"] is None
-    assert summary["ignore_none"]["class_iou"]["none"] is None
+    assert summary["class_iou"]["d (only predicted)"] == 0.0
+    assert summary["class_iou"]["f (absent)"] is None
+    assert summary["class_iou"]["none"] is not None
 
 
 def test_confusion_matrix_counts_labelled_pixels_by_true_and_predicted_class():
@@ -109,19 +103,21 @@ def test_confusion_matrix_counts_labelled_pixels_by_true_and_predicted_class():
     assert confusion[2, 3] == np.sum((truth == 2) & (predicted == 3))
 
 
-def test_ignoring_none_drops_none_pixels_but_still_counts_predicted_none_as_a_miss():
+def test_a_class_claimed_on_a_none_pixel_is_a_false_positive_on_an_unlabelled_one_free():
+    """`none` (a class not on the whitelist) is scored; only unlabelled pixels are not."""
     truth = np.array([[0, 0, 1, 1], [1, 1, 2, 2]])
     predicted = np.array([[1, 1, 1, 0], [1, 1, 2, 1]])
     summary = metrics.summary(matrix(truth, predicted, 3), ["none", "x", "y"])
-    # ignoring none: 6 pixels, 4 right; x: TP 3, FN 1 (said none), FP 1 (a y pixel) -> 3/5
-    assert summary["pixel_accuracy"] == pytest.approx(4 / 6)
-    assert summary["ignore_none"]["class_iou"] == {"none": None, "x": 3 / 5, "y": 1 / 2}
-    assert summary["miou"] == pytest.approx((3 / 5 + 1 / 2) / 2)
-    # all classes: x also gets the 2 none pixels it claimed as false positives -> 3/7
-    assert summary["all_classes"]["class_iou"] == {"none": 0.0, "x": 3 / 7, "y": 1 / 2}
-    assert summary["pixel_accuracy_all_classes"] == pytest.approx(4 / 8)
-    assert summary["all_classes"]["pixels_scored"] == 8
-    assert summary["ignore_none"]["pixels_scored"] == 6
+    # 8 pixels, 4 right; x: TP 3, FN 1 (said none), FP 3 (2 none pixels, 1 y pixel) -> 3/7
+    assert summary["class_iou"] == {"none": 0.0, "x": 3 / 7, "y": 1 / 2}
+    assert summary["miou"] == pytest.approx((0 + 3 / 7 + 1 / 2) / 3)
+    assert summary["pixel_accuracy"] == pytest.approx(4 / 8)
+    assert summary["pixels_scored"] == 8
+    # the same claims of x on unlabelled pixels instead of none pixels cost nothing
+    unlabelled = np.where(truth == 0, UNLABELLED, truth)
+    summary = metrics.summary(matrix(unlabelled, predicted, 3), ["none", "x", "y"])
+    assert summary["class_iou"] == {"none": 0.0, "x": 3 / 5, "y": 1 / 2}
+    assert summary["pixels_scored"] == 6 and summary["pixel_accuracy"] == pytest.approx(4 / 6)
 
 
 def test_scores_come_from_the_pooled_matrix_not_from_per_image_means():
@@ -130,16 +126,15 @@ def test_scores_come_from_the_pooled_matrix_not_from_per_image_means():
     confusion = accumulate([big_truth, small_truth], [big_predicted, small_predicted], 3)
     summary = metrics.summary(confusion, ["none", "x", "y"])
     assert summary["pixel_accuracy"] == pytest.approx(101 / 102)  # not (1 + 0.5) / 2
-    assert summary["ignore_none"]["class_iou"]["x"] == pytest.approx(101 / 102)
-    assert summary["ignore_none"]["class_iou"]["y"] == 0.0
+    assert summary["class_iou"]["x"] == pytest.approx(101 / 102)
+    assert summary["class_iou"]["y"] == 0.0
 
 
 def test_nothing_scored_gives_null_scores():
-    truth = np.array([[0, 0, UNLABELLED]])
+    truth = np.array([[UNLABELLED, UNLABELLED, UNLABELLED]])
     summary = metrics.summary(matrix(truth, np.array([[0, 1, 1]]), 2), ["n", "x"])
     assert summary["miou"] is None and summary["pixel_accuracy"] is None
-    assert summary["ignore_none"]["classes_scored"] == 0
-    assert summary["pixel_accuracy_all_classes"] == 0.5  # one of the two labelled pixels
+    assert summary["classes_scored"] == 0 and summary["pixels_scored"] == 0
     assert math.isnan(metrics.mean_iou(np.array([math.nan])))
 
 
@@ -148,29 +143,36 @@ def test_a_matrix_for_other_labels_is_refused():
         metrics.summary(np.zeros((3, 3), int), ["none", "x"])
 
 
-# --- the three real ADE20K validation annotations (150 classes + "other" as class 0) ---
+# --- the three real ADE20K validation annotations, all 150 classes kept (as prepare maps them
+# without a whitelist: ADE20K's unlabelled 0 becomes 255, and "none" is empty) ---
 
-ADE_LABELS = ["other"] + [f"class {i}" for i in range(1, 151)]
+ADE_LABELS = ["none"] + [f"class {i}" for i in range(1, 151)]
 
 
 def ade_annotations() -> list[np.ndarray]:
     paths = sorted((ADE_SAMPLE / "annotations").glob("*.png"))
     assert len(paths) == 3
-    return [np.asarray(Image.open(path)) for path in paths]
+    masks = [np.asarray(Image.open(path)) for path in paths]
+    return [np.where(mask == 0, UNLABELLED, mask) for mask in masks]
+
+
+def predicted_everywhere(mask: np.ndarray) -> np.ndarray:
+    """A model predicts a class on unlabelled pixels too: here "none"."""
+    return np.where(mask == UNLABELLED, 0, mask)
 
 
 def test_relabelling_one_class_gives_the_exact_closed_form_scores():
     truths = ade_annotations()
     wall, sky = 1, 3  # ADE20K classes that occur in the three images: wall painted as sky
-    predictions = [np.where(t == wall, sky, t) for t in truths]
+    predictions = [predicted_everywhere(np.where(t == wall, sky, t)) for t in truths]
     summary = metrics.summary(accumulate(truths, predictions, 151), ADE_LABELS)
     n_wall = sum(int(np.sum(t == wall)) for t in truths)
     n_sky = sum(int(np.sum(t == sky)) for t in truths)
-    n_other = sum(int(np.sum(t == 0)) for t in truths)
+    n_unlabelled = sum(int(np.sum(t == UNLABELLED)) for t in truths)
     n_all = sum(t.size for t in truths)
-    present = sorted(set().union(*(np.unique(t).tolist() for t in truths)) - {0})
-    assert n_wall and n_sky and n_other
-    gated = summary["ignore_none"]["class_iou"]
+    present = sorted(set().union(*(np.unique(t).tolist() for t in truths)) - {UNLABELLED})
+    assert n_wall and n_sky and n_unlabelled
+    gated = summary["class_iou"]
     assert gated["class 1"] == 0.0
     assert gated["class 3"] == pytest.approx(n_sky / (n_sky + n_wall))
     assert all(gated[f"class {c}"] == 1.0 for c in present if c not in (wall, sky))
@@ -178,9 +180,8 @@ def test_relabelling_one_class_gives_the_exact_closed_form_scores():
     assert summary["miou"] == pytest.approx(
         (len(present) - 2 + n_sky / (n_sky + n_wall)) / len(present)
     )
-    assert summary["pixel_accuracy"] == pytest.approx(1 - n_wall / (n_all - n_other))
-    assert summary["pixel_accuracy_all_classes"] == pytest.approx(1 - n_wall / n_all)
-    assert summary["all_classes"]["class_iou"]["other"] == 1.0
+    assert summary["pixel_accuracy"] == pytest.approx(1 - n_wall / (n_all - n_unlabelled))
+    assert gated["none"] is None  # no pixel is "none" when every class is kept
 
 
 def shifted(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -211,9 +212,8 @@ def test_perturbed_ade20k_annotations_match_the_reference(perturbation):
             predicted = shifted(predicted, 3, 5)
         if "noise" in perturbation:
             predicted = with_noise_blocks(predicted, seed)
-        predictions.append(predicted)
+        predictions.append(predicted_everywhere(predicted))
     summary = metrics.summary(accumulate(truths, predictions, 151), ADE_LABELS)
-    for key, skip in (("all_classes", False), ("ignore_none", True)):
-        assert_matches(summary[key], reference(truths, predictions, 151, skip), ADE_LABELS)
+    assert_matches(summary, reference(truths, predictions, 151), ADE_LABELS)
     assert 0 < summary["miou"] < 1
-    assert summary["ignore_none"]["classes_scored"] < 151  # most ADE classes are absent
+    assert summary["classes_scored"] < 151  # most ADE classes are absent

@@ -39,7 +39,7 @@ def test_a_written_folder_reads_back(tmp_path):
     assert model_folder.require_complete(directory) == {"format_version": 1, **CONFIG}
     assert model_folder.is_complete(directory)
     assert model_folder.read_history(directory) == HISTORY
-    assert model_folder.read_training_metrics(directory) == SCORES
+    assert json.loads((directory / "training_metrics.json").read_text()) == SCORES
     assert model_folder.weights_path(directory).read_bytes() == b"weights"
     assert sorted(p.name for p in directory.iterdir()) == [
         "config.json",
@@ -122,20 +122,18 @@ def test_missing_or_broken_parts_are_refused(tmp_path):
         model_folder.require_complete(directory)
 
 
-def test_history_and_metrics_are_optional_but_must_be_json(tmp_path):
+def test_history_is_optional_but_must_be_json(tmp_path):
     directory = write(tmp_path / "model")
     (directory / "history.json").write_text(json.dumps([*HISTORY, "junk"]))
     assert model_folder.read_history(directory) == HISTORY
     (directory / "history.json").write_text(json.dumps({"loss": 1}))
     with pytest.raises(StageError, match="expected a list of per-epoch entries"):
         model_folder.read_history(directory)
-    (directory / "training_metrics.json").write_text("nan nan")
+    (directory / "history.json").write_text("nan nan")
     with pytest.raises(StageError, match="is not valid JSON"):
-        model_folder.read_training_metrics(directory)
+        model_folder.read_history(directory)
     (directory / "history.json").unlink()
-    (directory / "training_metrics.json").unlink()
     assert model_folder.read_history(directory) == []
-    assert model_folder.read_training_metrics(directory) is None
 
 
 def test_reading_a_model_folder_needs_no_tensorflow():

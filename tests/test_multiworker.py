@@ -143,7 +143,7 @@ def test_what_the_chief_saves_is_read_without_the_other_machines():
     operation that the other machines never join; Keras makes only metrics so, and the
     checkpoint and the weights file hold none."""
     settings = train.TrainSettings(image_size=(64, 64))
-    model = trainer.build_model(4, settings, 10, mixed_precision=True)  # the GPU optimizer
+    model = trainer.build_model([1.0] * 4, settings, 10, mixed_precision=True)  # the GPU optimizer
     saved = [*model.weights, *model.optimizer.variables]
     assert all(variable.synchronization != "on_read" for variable in saved)
     assert {variable.synchronization for variable in model.metrics_variables} == {"on_read"}

@@ -144,11 +144,21 @@ def test_steps_run_in_order_with_artifacts_passed(local_spec):
     }
     gate = tasks["condition-branches-1"]
     assert sorted(gate["dependentTasks"]) == ["evaluate", "train"]
-    assert artifact_sources(gate) == {"pipelinechannel--train-model": ("train", "model")}
+    assert artifact_sources(gate) == {
+        "pipelinechannel--train-model": ("train", "model"),
+        "pipelinechannel--evaluate-evaluation": ("evaluate", "evaluation"),
+    }
     (convert,) = [t for t in dag_tasks(spec, branches(spec, gate)["quality-gate"]).values()
                   if t["componentRef"]["name"] == "comp-convert-with-resources"]  # fmt: skip
-    assert artifact_sources(convert) == {"model": ("input", "pipelinechannel--train-model")}
-    assert artifact_sources(dag_tasks(spec, convert)["convert"]) == {"model": ("input", "model")}
+    # the export is made from the trained model and carries its evaluation's metrics
+    assert artifact_sources(convert) == {
+        "model": ("input", "pipelinechannel--train-model"),
+        "evaluation": ("input", "pipelinechannel--evaluate-evaluation"),
+    }
+    assert artifact_sources(dag_tasks(spec, convert)["convert"]) == {
+        "model": ("input", "model"),
+        "evaluation": ("input", "evaluation"),
+    }
     assert tasks["train"]["cachingOptions"] == {"enableCache": True}
     assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
 
@@ -230,6 +240,7 @@ def test_min_miou_defaults_to_publishing_every_model(spec):
     assert parameter["isOptional"] is True
     description = parameter["description"]
     assert "mean IoU" in description and "class 0" in description and "ADE20K" in description
+    assert "unlabelled pixels are not" in description
 
 
 def test_the_gated_run_logs_why_nothing_was_published(spec):
@@ -453,7 +464,8 @@ def test_every_parameter_has_a_description_for_the_console(spec):
 def _resolve(arg: str, parameter_types: dict[str, str]) -> str:
     """A command-line item with sample values for its placeholders."""
     samples = {"STRING": "text", "NUMBER_INTEGER": "3", "NUMBER_DOUBLE": "0.5"}
-    arg = PARAM.sub(lambda m: samples[parameter_types[m.group(1)]], arg)
+    choices = {"resize": "crop"}  # strings the stage accepts only from a list
+    arg = PARAM.sub(lambda m: choices.get(m.group(1), samples[parameter_types[m.group(1)]]), arg)
     arg = OUTPUT_PARAM.sub(lambda m: f"/parameters/{m.group(1)}", arg)
     return ARTIFACT.sub(lambda m: f"/artifacts/{m.group(2)}", arg)
 
@@ -660,3 +672,12 @@ def test_the_local_runner_patch_refuses_another_kfp_release(monkeypatch):
     with pytest.raises(ValueError, match=r"kfp 2\.99\.0 is installed"), local.exit_status_kept():
         pass
     assert local.docker_task_handler.run_docker_container is not local.run_container
+
+
+def test_vertex_runs_start_from_imagenet_local_runs_from_random_weights(spec, local_spec):
+    """The train image carries the ImageNet ResNet-50 file; the export image, which trains in
+    local runs, does not, and a run downloads nothing."""
+    for compiled, init in ((spec, "imagenet"), (local_spec, "random")):
+        parameters = compiled["root"]["inputDefinitions"]["parameters"]
+        assert parameters["init"]["defaultValue"] == init
+        assert parameters["resize"]["defaultValue"] == "stretch"

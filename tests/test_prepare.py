@@ -87,8 +87,8 @@ def real_dataset(tmp_path_factory) -> Path:
 
 
 def expected_mask(raw: np.ndarray) -> np.ndarray:
-    """REAL_WHITELIST's remap, written out by hand."""
-    expected = np.zeros_like(raw)
+    """REAL_WHITELIST's remap, written out by hand: unlabelled 0 to 255, other classes to 0."""
+    expected = np.where(raw == 0, 255, 0).astype(raw.dtype)
     for output_class, values in enumerate(REAL_GROUPS, start=1):
         expected[np.isin(raw, values)] = output_class
     return expected
@@ -137,10 +137,16 @@ def test_real_images_exact_remap_read_back_with_tensorflow(real_dataset, tmp_pat
     assert class_labels == stats["labels"] and len(class_labels) == 6
     expected_counts = [sum(int(np.isin(m, v).sum()) for m in raw.values()) for v in REAL_GROUPS]
     total = sum(m.size for m in raw.values())
+    unlabelled = sum(int((m == 0).sum()) for m in raw.values())
     val = stats["splits"]["val"]
     assert val["pixel_counts"] == dict(
-        zip(class_labels, [total - sum(expected_counts), *expected_counts], strict=True)
+        zip(
+            class_labels,
+            [total - unlabelled - sum(expected_counts), *expected_counts],
+            strict=True,
+        )
     )
+    assert val["unlabelled_pixels"] == unlabelled > 0
     assert val["pixel_counts"]["person, individual, someone, somebody, mortal, soul"] == 0
     assert val["kept"] == 3 and stats["splits"]["train"]["considered"] == 0
 

@@ -26,6 +26,8 @@ from image_segmentation import (
     dataset,
     icnet,
     inference,
+    losses,
+    metrics,
     model_folder,
     scoring,
     train,
@@ -121,9 +123,41 @@ def test_a_rerun_of_a_finished_run_trains_nothing(run, tmp_path):
     assert model_folder.is_complete(output)
 
 
+def test_best_epoch_is_the_first_with_the_highest_validation_mean_iou():
+    history = [{"epoch": 1, "val_mean_iou": 0.2}, {"epoch": 2, "val_mean_iou": 0.4},
+               {"epoch": 3, "val_mean_iou": 0.4}, {"epoch": 4, "loss": 1.0}]  # fmt: skip
+    assert checkpoints.best_epoch(history) == 2
+    assert checkpoints.best_epoch([{"epoch": 1}, {"epoch": 2}]) == 2  # nothing scored: the last
+
+
+@pytest.mark.slow
+def test_the_best_epoch_is_published_not_the_last(run, tmp_path):
+    """The finished run, its history changed to make epoch 1 the better one, run again: it
+    trains nothing, publishes epoch 1's weights and says so; history.json keeps both epochs."""
+    output = tmp_path / "model"
+    shutil.copytree(run.output, output)
+    last = output / checkpoints.DIRECTORY / "epoch-0002.npz"
+    with np.load(last) as data:
+        arrays = {name: data[name] for name in data.files}
+    state = json.loads(str(arrays[checkpoints.STATE]))
+    state["history"][0]["val_mean_iou"] = state["history"][1]["val_mean_iou"] + 0.1
+    arrays[checkpoints.STATE] = np.array(json.dumps(state))
+    with open(last, "wb") as file:
+        np.savez(file, **arrays)
+    assert cli.main(train_args(run.data, output)) == 0
+    model, config = inference.load_model(output)
+    assert same(values(model.weights), saved(run.first, "model"))  # epoch 1's
+    assert not same(values(model.weights), saved(last, "model"))
+    assert config["training"]["best_epoch"] == 1
+    scores = json.loads((output / model_folder.TRAINING_METRICS_FILE).read_text())
+    assert scores["best_epoch"] == 1 and scores["epochs"] == 2
+    history = json.loads((output / model_folder.HISTORY_FILE).read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2]
+
+
 @pytest.mark.slow
 def test_checkpoint_restores_weights_and_optimizer_state(run):
-    model = trainer.build_model(4, SETTINGS, EPOCHS * STEPS, mixed_precision=False)
+    model = trainer.build_model([1.0] * 4, SETTINGS, EPOCHS * STEPS, mixed_precision=False)
     fresh = values(model.weights)
     state = checkpoints.restore(run.first, model)
     assert state["epoch"] == 1
@@ -135,23 +169,38 @@ def test_checkpoint_restores_weights_and_optimizer_state(run):
 
 @pytest.mark.slow
 def test_short_cpu_run_learns_and_writes_the_model_dir(run):
-    metrics = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
+    scores = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
     # 4 classes: always answering one class scores a mean IoU <= 0.25, guessing ~0.14.
-    assert metrics["val_mean_iou"] >= 0.6, metrics
-    assert metrics["val_pixel_accuracy"] >= 0.8, metrics
-    assert set(metrics["val_class_iou"]) == {"none", "wall", "floor, flooring", "bed"}
+    assert scores["val_mean_iou"] >= 0.6, scores
+    assert scores["val_pixel_accuracy"] >= 0.8, scores
+    assert set(scores["val_class_iou"]) == {"none", "wall", "floor, flooring", "bed"}
     config = json.loads((run.output / model_folder.CONFIG_FILE).read_text())
     assert config["format_version"] == 1
     assert config["labels"] == ["none", "wall", "floor, flooring", "bed"]
     assert config["num_classes"] == 4 and config["image_size"] == [64, 64]
     assert config["alpha"] == 0.25
     assert config["normalization"] == {"scale": 1 / 255, "offset": -0.5}
+    assert config["preprocessing"] == {"resize": "stretch"}
+    # median-frequency class weights from the pixels prepare counted, recorded
+    weights = config["training"]["class_weights"]
+    stats = json.loads((run.data / data_folder.STATS_FILE).read_text())
+    counts = stats["splits"]["train"]["pixel_counts"]
+    assert list(weights) == config["labels"]
+    assert min(counts, key=counts.get) == max(weights, key=weights.get)
     assert config["training"]["epochs"] == EPOCHS and config["training"]["optimizer"] == "adam"
+    # the weights published are the best epoch's, recorded
+    history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
+    best = checkpoints.best_epoch(history)
+    assert config["training"]["best_epoch"] == scores["best_epoch"] == best
+    model, _ = inference.load_model(run.output)
+    best_checkpoint = run.output / checkpoints.DIRECTORY / f"epoch-{best:04d}.npz"
+    assert same(values(model.weights), saved(best_checkpoint, "model"))
+    assert config["training"]["init"] == "random" and config["training"]["init_report"] is None
     # One machine without GPUs: one replica, so the batch and learning rate are the given ones.
     assert config["training"]["replicas"] == 1 and config["training"]["global_batch_size"] == 8
     assert config["training"]["effective_learning_rate"] == 0.002
     history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
-    assert history[-1]["val_mean_iou"] == metrics["val_mean_iou"]
+    assert history[best - 1]["val_mean_iou"] == pytest.approx(scores["val_mean_iou"], abs=1e-6)
     assert history[-1]["learning_rate"] < history[0]["learning_rate"]  # poly decay
     events = list((run.output / "logs").glob("events.out.tfevents.*"))
     logged = {
@@ -166,8 +215,9 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
 @pytest.mark.slow
 def test_load_model_gives_the_trained_model(run):
     model, config = inference.load_model(run.output)
-    final = checkpoints.list_checkpoints(run.output / checkpoints.DIRECTORY)[-1]
-    assert same(values(model.weights), saved(final, "model"))
+    history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
+    best = run.output / checkpoints.DIRECTORY / f"epoch-{checkpoints.best_epoch(history):04d}.npz"
+    assert same(values(model.weights), saved(best, "model"))
     assert config["labels"][0] == "none"
     val = dataset.make_dataset(
         data_folder.list_shards(run.data, "val"), (64, 64), 8, training=False
@@ -175,10 +225,9 @@ def test_load_model_gives_the_trained_model(run):
     predict = scoring.predictor(icnet.inference_model(model))
     confusion = scoring.confusion_matrix(predict, val, 4)
     assert confusion.sum() == 16 * 64 * 64  # every pixel of the whole split, once
-    metrics = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
-    recomputed = callbacks.validation_metrics(confusion, config["labels"], ignore_class_zero=False)
-    assert recomputed["mean_iou"] == pytest.approx(metrics["val_mean_iou"], abs=1e-6)
-    assert recomputed["mean_iou_ignore_none"] == pytest.approx(metrics["val_mean_iou_ignore_none"])
+    scores = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
+    recomputed = callbacks.validation_metrics(confusion, config["labels"])
+    assert recomputed["mean_iou"] == pytest.approx(scores["val_mean_iou"], abs=1e-6)
 
 
 def tiny_model(num_classes: int = 4, width: int = 4, name: str = "features") -> keras.Model:
@@ -218,19 +267,14 @@ def test_confusion_matrix_equals_numpy():
     assert np.count_nonzero(confusion.sum(axis=0)) > 1  # several classes predicted: a real test
 
 
-def test_validation_metrics_report_both_conventions():
+def test_validation_metrics_are_the_gates_convention():
     confusion = np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])  # class 2 predicted, never true
     class_labels = ["none", "wall", "bed"]
-    scores = callbacks.validation_metrics(confusion, class_labels, ignore_class_zero=False)
+    scores = callbacks.validation_metrics(confusion, class_labels)
     assert scores["pixel_accuracy"] == pytest.approx(80 / 100)
     assert scores["mean_iou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
     assert scores["class_iou"] == pytest.approx({"none": 50 / 65, "wall": 30 / 50, "bed": 0.0})
-    # ADE20K benchmark: pixels of true class 0 are not scored, class 0 has no IoU.
-    assert scores["pixel_accuracy_ignore_none"] == pytest.approx(30 / 40)
-    assert scores["mean_iou_ignore_none"] == pytest.approx((30 / 40 + 0) / 2)
-    ignoring = callbacks.validation_metrics(confusion, class_labels, ignore_class_zero=True)
-    assert ignoring["mean_iou"] == scores["mean_iou_ignore_none"]
-    assert ignoring["class_iou"]["none"] is None
+    assert scores["mean_iou"] == metrics.summary(confusion, class_labels)["miou"]
 
 
 def compiled(model: keras.Model) -> keras.Model:
@@ -248,35 +292,42 @@ def test_checkpoints_are_atomic_pruned_and_restore_everything_by_name(tmp_path):
     images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
     labels = {"conv6_cls": np.ones((4, 16, 16), dtype=np.int32)}
     history = []
-    for epoch in (1, 2, 3):
+    for epoch, score in zip((1, 2, 3, 4), (0.3, 0.5, 0.4, 0.45), strict=True):
         model.fit(images, labels, epochs=1, verbose=0)
-        history.append({"epoch": epoch})
+        history.append({"epoch": epoch, "val_mean_iou": score})
         checkpoints.save(tmp_path, model, epoch, history, {"run": "key"})
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch-0002.npz", "epoch-0003.npz"]
+    # the last two, and the best epoch's (its weights are the ones published)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "epoch-0002.npz",
+        "epoch-0003.npz",
+        "epoch-0004.npz",
+    ]
+    assert checkpoints.best_epoch(history) == 2
     weights, optimizer = values(model.weights), values(model.optimizer.variables)
     model.fit(images, labels, epochs=1, verbose=0)  # move on past the checkpoint
-    state = checkpoints.restore(tmp_path / "epoch-0003.npz", model)
-    assert state == {"epoch": 3, "history": history, "run": {"run": "key"}}
+    state = checkpoints.restore(tmp_path / "epoch-0004.npz", model)
+    assert state == {"epoch": 4, "history": history, "run": {"run": "key"}}
     assert same(values(model.weights), weights)
     assert same(values(model.optimizer.variables), optimizer)
-    assert int(model.optimizer.iterations.numpy()) == 3
+    assert int(model.optimizer.iterations.numpy()) == 4
     # Same shapes in the same order, other names: refused, never loaded by position.
     renamed = compiled(tiny_model(name="renamed"))
     with pytest.raises(StageError, match="does not fit this model: missing model/renamed/kernel"):
-        checkpoints.restore(tmp_path / "epoch-0003.npz", renamed)
+        checkpoints.restore(tmp_path / "epoch-0004.npz", renamed)
     wider = compiled(tiny_model(width=8))
     with pytest.raises(StageError, match="of another shape model/features/kernel"):
-        checkpoints.restore(tmp_path / "epoch-0003.npz", wider)
+        checkpoints.restore(tmp_path / "epoch-0004.npz", wider)
 
 
 @pytest.mark.slow
 def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
-    final = checkpoints.list_checkpoints(run.output / checkpoints.DIRECTORY)[-1]
-    expected = saved(final, "model")
+    history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
+    best = run.output / checkpoints.DIRECTORY / f"epoch-{checkpoints.best_epoch(history):04d}.npz"
+    expected = saved(best, "model")  # the weights the model folder publishes
     bucket = gcs_client.create_bucket("models")
     for name in (model_folder.CONFIG_FILE, model_folder.WEIGHTS_FILE):
         bucket.blob(f"runs/1/{name}").upload_from_filename(run.output / name)
-    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=False)
+    model = trainer.build_model([1.0] * 4, SETTINGS, 10, mixed_precision=False)
     fresh = [v.numpy() for v in model.weights]
     for source in (
         str(run.output),
@@ -303,18 +354,18 @@ def test_batch_and_learning_rate_are_per_replica():
     assert train.scaling(settings, replicas=16, train_records=100).steps_per_epoch == 1
     fixed = train.TrainSettings(batch_size=8, steps_per_epoch=50)
     assert train.scaling(fixed, replicas=4, train_records=100).steps_per_epoch == 50
-    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=False, replicas=2)
+    model = trainer.build_model([1.0] * 4, SETTINGS, 10, mixed_precision=False, replicas=2)
     rate = train.scaling(SETTINGS, replicas=2, train_records=64).learning_rate
     assert float(model.optimizer.learning_rate) == pytest.approx(rate) == 2 * SETTINGS.learning_rate
 
 
 def test_mixed_precision_model_trains_on_float32_logits_and_keeps_the_global_policy():
-    model = trainer.build_model(4, SETTINGS, 10, mixed_precision=True)
+    model = trainer.build_model([1.0] * 4, SETTINGS, 10, mixed_precision=True)
     assert model.get_layer("conv1_sub1").compute_dtype == "float16"
     assert model.get_layer("conv1_sub1").kernel.dtype == "float32"
     assert model.get_layer("conv6_cls_logits").compute_dtype == "float16"
     assert all(model.get_layer(name).output.dtype == "float32" for name in trainer.OUTPUTS)
-    assert all(loss.from_logits for loss in model.loss.values())
+    assert all(isinstance(loss, losses.WeightedCrossEntropy) for loss in model.loss.values())
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert keras.config.dtype_policy().name == "float32"
 
@@ -375,6 +426,9 @@ def small_data(tmp_path_factory) -> Path:
         (["--schedule", "cosine"], 'schedule "poly", now "cosine"'),
         (["--loss-weights", "1,0,0"], "loss_weights [1.0, 0.4, 0.16], now [1.0, 0.0, 0.0]"),
         (["--optimizer", "sgd"], 'optimizer "adam", now "sgd"'),
+        (["--class-balance", "none"], "class_weights ["),
+        (["--resize", "crop"], 'resize "stretch", now "crop"'),
+        (["--init", "x.h5"], 'init "random", now "x.h5"'),
     ],
 )
 def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(
@@ -386,7 +440,8 @@ def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(
         image_size=(64, 64), alpha=0.25, epochs=EPOCHS, steps_per_epoch=STEPS, learning_rate=0.002
     )
     data = data_folder.read_prepared(small_data)
-    key = trainer.run_key(data, settings, train.scaling(settings, 1, data.records["train"]), False)
+    scale = train.scaling(settings, 1, data.records["train"])
+    key = trainer.run_key(data, settings, scale, False, trainer.class_weights(data, settings))
     state = json.dumps({"epoch": 1, "history": [], "run": key})
     directory = tmp_path / "model" / checkpoints.DIRECTORY
     directory.mkdir(parents=True)
@@ -394,7 +449,8 @@ def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(
     assert cli.main([*args, *changed]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1, error
-    assert f"holds checkpoints of a run with other settings ({differs}): use a new" in error
+    assert f"holds checkpoints of a run with other settings ({differs}" in error
+    assert error.endswith("): use a new --output-dir, or delete the checkpoints to start over\n")
 
 
 def test_size_and_loss_weight_arguments():

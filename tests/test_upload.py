@@ -164,7 +164,8 @@ class FaultProxy:
 def record_export(export: Path, names: list[str] = EXPORT_NAMES) -> None:
     """Write the export's record (export.json, which completes it) listing `names`."""
     description = {"model_name": "model", "format": "mlprogram", "tflite": {}, "labels": LABELS}
-    export_folder.write_record(export, names, {**description, "metrics": {"x": 1}})
+    metrics = {"miou": 0.41, "source": "evaluate stage, validation split"}  # the gated ones
+    export_folder.write_record(export, names, {**description, "metrics": metrics})
 
 
 def make_export(root: Path) -> Path:
@@ -252,7 +253,8 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     assert len(result["files"]) == 7
     manifest = check_manifest(gcs_client, uri, export)
     assert manifest["labels"] == LABELS
-    assert manifest["metrics"]["val_mean_iou"] == 0.41
+    # the export's record of the evaluated metrics, not the model folder's training scores
+    assert manifest["metrics"] == {"miou": 0.41, "source": "evaluate stage, validation split"}
     assert manifest["config"]["image_size"] == [64, 64]
     assert "labels" not in manifest["config"]
     assert manifest["source_run"] == "projects/p/locations/l/pipelineJobs/run-7"
@@ -280,7 +282,7 @@ def test_first_upload_then_refused_then_replaced(gcs_client, tmp_path, monkeypat
     assert after[kept] == before[kept]
     manifest = check_manifest(gcs_client, uri, export)
     assert manifest["labels"] == LABELS  # from export.json this time
-    assert manifest["metrics"] == {"x": 1}
+    assert manifest["metrics"]["miou"] == 0.41
 
 
 def test_bad_inputs(gcs_client, tmp_path):

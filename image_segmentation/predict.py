@@ -1,0 +1,144 @@
+"""The predict stage: segment your own photos with a trained model folder or an exported TFLite
+file, to see what a model makes of them.
+
+For each photo it writes into the output folder `NAME.overlay.png` (the photo with each class
+tinted in its colour, the evaluation report's colours; "none" and unpredicted pixels are left
+untinted), `NAME.labels.png` (the class index of every pixel at the photo's own size, 255 where
+the model gives no class) and `NAME.json` (each class's share of the photo's pixels, the model
+and the resize mode used). Photos are read as they are shown (EXIF orientation applied) and
+converted to RGB, then fed to the model as `preprocessing.py` says.
+
+This module is the command line, finding the photos and checking the model without TensorFlow,
+so mistakes are told at once; the work is predictor.py's, imported only when the stage runs.
+"""
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from image_segmentation import export_folder, model_folder
+from image_segmentation.errors import StageError
+
+log = logging.getLogger(__name__)
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+OVERLAY_SUFFIX = ".overlay.png"
+LABELS_SUFFIX = ".labels.png"
+COVERAGE_SUFFIX = ".json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Each PHOTO is an image file, a folder (its .jpg/.jpeg/.png files, sorted), a gs:// "
+        "object or a gs:// prefix ending in / (its photo files). For each photo NAME writes "
+        "OUTPUT/NAME.overlay.png, OUTPUT/NAME.labels.png (class index per pixel at the "
+        "photo's size; 255: no class) and OUTPUT/NAME.json (share of the photo per class), "
+        "and prints a one-line summary."
+    )
+    add = parser.add_argument
+    add(
+        "photos",
+        nargs="+",
+        metavar="PHOTO",
+        help="a photo, a folder of photos, or a gs:// photo or prefix/",
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model-dir", type=Path, help="the train stage's output")
+    model.add_argument(
+        "--tflite", type=Path, help="a .tflite file of an export folder (export.json beside it)"
+    )
+    add("--output-dir", type=Path, required=True, help="where the overlays, labels and JSON go")
+
+
+def find_photos(inputs: list[str]) -> list[Path]:
+    """The local photos named: files as given, folders' photo files sorted. gs:// inputs are
+    `download_photos`'s; a missing path or a folder without photos is refused."""
+    photos = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise StageError(f"{path} holds no {'/'.join(PHOTO_SUFFIXES)} photos")
+            photos += found
+        elif path.is_file():
+            photos.append(path)
+        else:
+            raise StageError(f"{path} does not exist")
+    return photos
+
+
+def download_photos(inputs: list[str], folder: Path) -> dict[str, Path]:
+    """Each gs:// photo downloaded into its own subfolder of `folder`, by its URI; a prefix
+    ending in / stands for the photo files under it."""
+    from image_segmentation import storage  # the Cloud Storage client, only when needed
+
+    uris = []
+    for uri in inputs:
+        if not uri.endswith("/"):
+            uris.append(uri)
+            continue
+        with storage.explained_errors(uri):
+            found = [u for u in storage.list_objects(uri) if u.lower().endswith(PHOTO_SUFFIXES)]
+        if not found:
+            raise StageError(f"{uri} holds no {'/'.join(PHOTO_SUFFIXES)} files")
+        uris += found
+    downloaded = {}
+    for number, uri in enumerate(uris):
+        target = folder / str(number)  # photos of one name in two places stay apart
+        target.mkdir(parents=True)
+        with storage.explained_errors(uri):
+            downloaded[uri] = storage.download_file(uri, target)
+    return downloaded
+
+
+def output_names(photos: list[Path]) -> list[str]:
+    """The name each photo's outputs start with (its file name without the suffix); two
+    photos of one name would overwrite each other's, so they are refused."""
+    names, seen = [], {}
+    for photo in photos:
+        name = photo.stem
+        if name in seen:
+            raise StageError(
+                f"{seen[name]} and {photo} would both write {name}.*: predict them into "
+                "separate --output-dir folders"
+            )
+        seen[name] = photo
+        names.append(name)
+    return names
+
+
+def check_tflite(path: Path) -> dict:
+    """export.json of the complete export folder holding the TFLite file `path`."""
+    if not path.is_file():
+        raise StageError(f"--tflite {path} does not exist")
+    record = export_folder.require_complete(path.parent)
+    made = [entry["file"] for entry in (record.get("tflite") or {}).values()]
+    if path.name not in made:
+        raise StageError(
+            f"{path.name} is not a TFLite file of {path.parent / export_folder.RECORD_FILE} "
+            f"(it lists {', '.join(made) or 'none'})"
+        )
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    remote = [text for text in args.photos if text.startswith("gs://")]
+    local = find_photos([text for text in args.photos if not text.startswith("gs://")])
+    if args.model_dir is not None:
+        model_folder.require_complete(args.model_dir)  # refused now, not after TensorFlow loads
+    else:
+        check_tflite(args.tflite)
+    with tempfile.TemporaryDirectory(prefix="predict-") as download_dir:
+        downloaded = download_photos(remote, Path(download_dir))
+        sources = {str(path): path for path in local} | downloaded
+        names = output_names(list(sources.values()))
+        from image_segmentation import predictor  # TensorFlow: imported when the stage runs
+
+        if args.model_dir is not None:
+            model = predictor.load_keras_model(args.model_dir)
+        else:
+            model = predictor.load_tflite_model(args.tflite)
+        predictor.predict_photos(model, sources, names, args.output_dir)
+    return 0

@@ -1,0 +1,52 @@
+"""How a photo becomes the model's input: the one contract that training validation, the evaluate
+stage, `predict`, the TFLite check and the Core ML model's metadata all follow.
+
+The resize mode is recorded in the model's config.json (`model_folder.resize_mode`):
+- "stretch": the whole photo is resized to the model input, its aspect not kept; every pixel of
+  the photo gets a class. Vision's `scaleFill` crop-and-scale option does the same.
+- "crop": the aspect is kept and the centred window of the input's aspect is used (Vision's
+  `centerCrop`); the photo's pixels outside that window get no class.
+
+Either way the window is resized bilinearly (antialiased when shrinking), then normalized as
+`pixel * scale + offset`, and the model's class probabilities are resized back to the window.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from image_segmentation import model_folder
+
+VISION_CROP_AND_SCALE = {"stretch": "scaleFill", "crop": "centerCrop"}
+
+
+def window(height, width, size: tuple[int, int], mode: str) -> tuple:
+    """(top, left, height, width) of the part of a height x width photo the model sees.
+
+    Python ints or scalar tensors (inside tf.data): the same arithmetic either way.
+    """
+    if mode not in model_folder.RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {model_folder.RESIZE_MODES}")
+    if mode == "stretch":
+        return 0, 0, height, width
+    # The largest centred window whose aspect is size's: the full height or the full width.
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    exact_height, exact_width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    wide = exact_width * size[0] >= exact_height * size[1]
+    kept_width = tf.maximum(1, tf.cast(tf.round(exact_height * size[1] / size[0]), tf.int32))
+    kept_height = tf.maximum(1, tf.cast(tf.round(exact_width * size[0] / size[1]), tf.int32))
+    rows = tf.where(wide, height, kept_height)
+    columns = tf.where(wide, kept_width, width)
+    return (height - rows) // 2, (width - columns) // 2, rows, columns
+
+
+def model_input(
+    image: np.ndarray | tf.Tensor, size: tuple[int, int], mode: str, normalization: dict
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A uint8 RGB photo [H, W, 3] as the model's float32 input [*size, 3], and its window
+    (int32 [4]: top, left, height, width)."""
+    shape = tf.shape(image)
+    top, left, rows, columns = window(shape[0], shape[1], size, mode)
+    pixels = tf.cast(image[top : top + rows, left : left + columns], tf.float32)
+    resized = tf.image.resize(pixels, size, method="bilinear", antialias=True)
+    normalized = resized * normalization["scale"] + normalization["offset"]
+    return normalized, tf.cast(tf.stack([top, left, rows, columns]), tf.int32)
