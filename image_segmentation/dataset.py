@@ -273,16 +273,15 @@ def make_dataset(
     seed: int = 0,
     shuffle_buffer: int = 512,
     target_sizes: dict[str, tuple[int, int]] | None = None,
-    ignore_class_zero: bool = False,
     resize: str = DEFAULT_RESIZE,
 ) -> tf.data.Dataset:
     """Batches of (normalized float32 images [B, H, W, 3], labels).
 
     Labels are the uint8 masks [B, H, W], or with `target_sizes` the dict of
     `multiscale_targets` that the training model's loss takes. Training: shards and records
-    shuffled, repeated forever, augmented, last partial batch dropped. Validation: one
-    deterministic pass over every record, in file order. Either way the order is fixed by
-    `seed`, so every worker of a multi-machine run reads the same stream.
+    shuffled, repeated forever, augmented, last partial batch dropped; `seed` fixes the whole
+    stream, so every worker of a multi-machine run reads the same one. Validation: one
+    deterministic pass over every record, in file order.
     """
     if not shards:
         raise StageError("no TFRecord shards to read")
@@ -308,7 +307,6 @@ def make_dataset(
                 resize,
                 normalization,
                 target_sizes,
-                ignore_class_zero,
             ),
             num_parallel_calls=autotune,
         )
@@ -320,10 +318,7 @@ def make_dataset(
     data = data.batch(batch_size, drop_remainder=training)
     if target_sizes and not training:
         data = data.map(
-            lambda images, masks: (
-                images,
-                multiscale_targets(masks, target_sizes, ignore_class_zero),
-            ),
+            lambda images, masks: (images, multiscale_targets(masks, target_sizes)),
             num_parallel_calls=autotune,
         )
     # Samples are made in parallel already: splitting one sample's ops over threads as well
@@ -341,7 +336,6 @@ def _training_sample(
     resize: str,
     normalization: Normalization,
     target_sizes: dict[str, tuple[int, int]] | None,
-    ignore_class_zero: bool,
 ) -> tuple[tf.Tensor, tf.Tensor | dict[str, tf.Tensor]]:
     """One augmented, normalized sample. With `target_sizes` its labels are the training
     targets, resampled straight from the source mask (what `multiscale_targets` would make
@@ -357,7 +351,7 @@ def _training_sample(
     )
     if not target_sizes:
         return pixels, masks["mask"]
-    return pixels, {name: _labels(mask, ignore_class_zero) for name, mask in masks.items()}
+    return pixels, {name: tf.cast(mask, tf.int32) for name, mask in masks.items()}
 
 
 def _validation_sample(
@@ -368,23 +362,13 @@ def _validation_sample(
 
 
 def multiscale_targets(
-    mask: tf.Tensor, output_sizes: dict[str, tuple[int, int]], ignore_class_zero: bool = False
+    mask: tf.Tensor, output_sizes: dict[str, tuple[int, int]]
 ) -> dict[str, tf.Tensor]:
     """One int32 label map per model output, the batch of masks resized (nearest) to its size:
-    the pixels `tf.image.resize` would pick, gathered, which is faster.
-
-    With `ignore_class_zero`, "none" pixels become IGNORE so the loss skips them too.
-    """
+    the pixels `tf.image.resize` would pick, gathered, which is faster."""
     shape = tf.shape(mask)
     targets = {}
     for name, (height, width) in output_sizes.items():
         rows = tf.gather(mask, _nearest(height, shape[1]), axis=1)
-        targets[name] = _labels(
-            tf.gather(rows, _nearest(width, shape[2]), axis=2), ignore_class_zero
-        )
+        targets[name] = tf.cast(tf.gather(rows, _nearest(width, shape[2]), axis=2), tf.int32)
     return targets
-
-
-def _labels(mask: tf.Tensor, ignore_class_zero: bool) -> tf.Tensor:
-    labels = tf.cast(mask, tf.int32)
-    return tf.where(labels == 0, IGNORE, labels) if ignore_class_zero else labels

@@ -326,7 +326,6 @@ def test_training_batches_carry_one_target_per_output(tmp_path):
         batch_size=4,
         training=True,
         target_sizes=sizes,
-        ignore_class_zero=True,
     )
     masks = dataset.make_dataset(
         data_folder.list_shards(tmp_path, "train"), (64, 64), batch_size=4, training=True
@@ -337,11 +336,11 @@ def test_training_batches_carry_one_target_per_output(tmp_path):
         assert {name: tuple(t.shape[1:]) for name, t in targets.items()} == sizes
         # Made from the source mask, the targets are what the full-size mask would give.
         assert np.array_equal(images.numpy(), same_images.numpy())
-        expected = dataset.multiscale_targets(full_masks, sizes, ignore_class_zero=True)
+        expected = dataset.multiscale_targets(full_masks, sizes)
         for name, target in targets.items():
             assert target.dtype == tf.int32
             assert np.array_equal(target.numpy(), expected[name].numpy())
-            assert set(np.unique(target.numpy())) <= {1, 2, 3, dataset.IGNORE}  # 0 ignored
+            assert set(np.unique(target.numpy())) <= {0, 1, 2, 3, dataset.IGNORE}
 
 
 def test_multiscale_targets_downsample_with_nearest():
