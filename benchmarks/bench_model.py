@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from benchmarks import timing
 from image_segmentation import icnet, labels, losses
 
 OUTPUTS = ("conv6_cls", "sub24_out", "sub4_out")  # trainer.OUTPUTS, main output first
@@ -49,18 +50,6 @@ CPU_RUN = {
     "warmup": 2,
     "steps": 5,
 }
-
-
-class StepTimes(keras.callbacks.Callback):
-    """Wall time at the end of each step, after the step's loss has reached the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        float(logs["loss"])  # waits for the device to finish the step
-        self.times.append(time.perf_counter())
 
 
 def build_model(image_size: tuple[int, int], alpha: float, precision: str) -> keras.Model:
@@ -114,7 +103,7 @@ def measure(
     model = build_model(image_size, alpha, precision)
     batch = device_batch(model, batch_size)
     reset_peak_memory()
-    timer = StepTimes()
+    timer = timing.StepTimes()
     started = time.perf_counter()
     model.fit(
         repeat(batch),

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from benchmarks import timing
 from image_segmentation import dataset, labels, records, synthetic, train, trainer
 
 IMAGE_SIZE = (768, 768)
@@ -50,18 +50,6 @@ def write_records(directory: Path, count: int, whitelist: labels.Whitelist) -> l
     return shards
 
 
-class StepTimes(keras.callbacks.Callback):
-    """Wall time at the end of each step, after the step's loss has reached the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        float(logs["loss"])  # waits for the device to finish the step
-        self.times.append(time.perf_counter())
-
-
 def measure(
     shards: list[Path],
     num_classes: int,
@@ -84,7 +72,7 @@ def measure(
     )
     if in_memory:
         data = tf.data.Dataset.from_tensors(next(iter(data))).repeat()
-    timer = StepTimes()
+    timer = timing.StepTimes()
     started = time.perf_counter()
     model.fit(data, epochs=1, steps_per_epoch=warmup_steps + steps, callbacks=[timer], verbose=0)
     steady = timer.times[-1] - timer.times[warmup_steps - 1]
