@@ -29,9 +29,7 @@ import numpy as np
 from benchmarks import timing
 from image_segmentation import icnet, labels, losses
 
-OUTPUTS = ("conv6_cls", "sub24_out", "sub4_out")  # trainer.OUTPUTS, main output first
 LOSS_WEIGHTS = (1.0, 0.4, 0.16)  # train.TrainSettings.loss_weights
-IGNORE = 255  # data_folder.IGNORE: not imported, data_folder needs packages a GPU machine lacks
 LEARNING_RATE = 1e-3
 NUM_CLASSES = labels.parse_whitelist(labels.LIVING_ROOM_WHITELIST).num_classes
 ACCELERATOR_RUN = {
@@ -55,19 +53,10 @@ CPU_RUN = {
 def build_model(image_size: tuple[int, int], alpha: float, precision: str) -> keras.Model:
     """ICNet compiled like `trainer.build_model`. Neither the class weights nor the learning
     rate's schedule changes the cost of a step, so the weights are all 1 and the rate fixed."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
+    with icnet.dtype_policy(precision):
         model = icnet.build_icnet(NUM_CLASSES, image_size, alpha)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    weights = [1.0] * NUM_CLASSES
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE, name="adam"),
-        loss={name: losses.WeightedCrossEntropy(weights, IGNORE) for name in OUTPUTS},
-        loss_weights=dict(zip(OUTPUTS, LOSS_WEIGHTS, strict=True)),
-    )
-    model.optimizer.build(model.trainable_variables)
+    optimizer = keras.optimizers.Adam(LEARNING_RATE, name="adam")
+    losses.compile_for_training(model, [1.0] * NUM_CLASSES, optimizer, LOSS_WEIGHTS)
     return model
 
 
@@ -79,7 +68,7 @@ def device_batch(model: keras.Model, batch_size: int, seed: int = 0) -> tuple:
     images = rng.standard_normal((batch_size, height, width, 3), dtype=np.float32)
     targets = {
         name: rng.integers(0, NUM_CLASSES, (batch_size, *model.get_layer(name).output.shape[1:3]))
-        for name in OUTPUTS
+        for name in icnet.OUTPUTS
     }
     to_device = keras.ops.convert_to_tensor
     return to_device(images), {name: to_device(t, "int32") for name, t in targets.items()}

@@ -80,11 +80,6 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, mask[:, :, 0]
 
 
-def _check_mode(resize: str) -> None:
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize mode {resize!r} is not one of {RESIZE_MODES}")
-
-
 def _nearest(size: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
     """Source index of each of `size` output pixels when `length` pixels are resized to `size`:
     the pixel under the output pixel's centre, the point bilinear resizing centres on too."""
@@ -197,7 +192,7 @@ def _augment(
     Padding (black, IGNORE) is added to the source window, so that the resize writes the
     output once; the colour change applies to it, as it always did.
     """
-    _check_mode(resize)
+    preprocessing.check_mode(resize)
     draws = tf.random.stateless_uniform([7], seed)  # scale, position x2, flip, colour x3
     shape = tf.shape(image)
     scale = tf.cast(size, tf.float32) / tf.cast(shape[:2], tf.float32)  # covering, per axis
@@ -249,11 +244,7 @@ def validation_view(
     """The deterministic view the model is evaluated and exported with (`preprocessing.py`):
     the window of the resize mode, the image resized bilinearly (antialiased when shrinking),
     the mask with nearest neighbour. Returns (float32 [*size, 3] in [0, 255], uint8 [*size])."""
-    _check_mode(resize)
-    shape = tf.shape(image)
-    top, left, rows, columns = preprocessing.window(shape[0], shape[1], size, resize)
-    pixels = tf.cast(image[top : top + rows, left : left + columns], tf.float32)
-    pixels = tf.image.resize(pixels, size, method="bilinear", antialias=True)
+    pixels, (top, left, rows, columns) = preprocessing.view(image, size, resize)
     mask = tf.transpose(mask[top : top + rows, left : left + columns])
     mask = _gather_nearest(mask, _nearest(size[0], rows), _nearest(size[1], columns))
     return tf.ensure_shape(pixels, [*size, 3]), tf.ensure_shape(mask, list(size))
@@ -285,7 +276,7 @@ def make_dataset(
     """
     if not shards:
         raise StageError("no TFRecord shards to read")
-    _check_mode(resize)
+    preprocessing.check_mode(resize)
     autotune = tf.data.AUTOTUNE
     files = tf.data.Dataset.from_tensor_slices([str(path) for path in shards])
     if training:

@@ -16,7 +16,9 @@ other input sizes, find weights by them. Everything here converts to Core ML and
 runs BatchNorm in training mode, and its outputs are wrong).
 """
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import keras
 from keras import layers, ops
@@ -26,6 +28,7 @@ from image_segmentation.errors import StageError
 SIZE_MULTIPLE = 32  # the 1/4 branch ends at S/32: every branch then lines up exactly
 PYRAMID_BINS = (1, 2, 3, 6)
 INFERENCE_OUTPUT = "conv6_cls"  # S/4; the label-guidance heads are "sub24_out" and "sub4_out"
+OUTPUTS = (INFERENCE_OUTPUT, "sub24_out", "sub4_out")  # the training model's, S/4 first
 BN_MOMENTUM = 0.95  # reference implementations; Keras' 0.99 lags on short training runs
 BN_EPSILON = 1e-5
 
@@ -167,6 +170,17 @@ def classifier(x, num_classes: int, name: str):
     is computed on them, and float16 would round it."""
     x = layers.Conv2D(num_classes, 1, name=f"{name}_logits")(x)
     return layers.Activation("linear", dtype="float32", name=name)(x)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy, restoring the previous one afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def check_arguments(num_classes: int, image_size: tuple[int, int], alpha: float) -> None:

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from image_segmentation import icnet, labels
+
 DEFAULT_MAX_WEIGHT = 10.0
 
 
@@ -58,3 +60,21 @@ class WeightedCrossEntropy(keras.losses.Loss):
             "class_weights": self.class_weights,
             "ignore_class": self.ignore_class,
         }
+
+
+def compile_for_training(
+    model: keras.Model,
+    class_weights: list[float],
+    optimizer: keras.optimizers.Optimizer,
+    loss_weights: tuple[float, float, float],
+) -> None:
+    """Compile the ICNet training model: the weighted cross-entropy on each of its outputs
+    (`icnet.OUTPUTS`), weighted by `loss_weights` in that order, unlabelled pixels skipped."""
+    model.compile(
+        optimizer=optimizer,
+        loss={name: WeightedCrossEntropy(class_weights, labels.IGNORE) for name in icnet.OUTPUTS},
+        loss_weights=dict(zip(icnet.OUTPUTS, loss_weights, strict=True)),
+    )
+    # Built now rather than inside the first training step: the step is then traced once,
+    # not twice, and a checkpoint's optimizer state has variables to load into.
+    model.optimizer.build(model.trainable_variables)

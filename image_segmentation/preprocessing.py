@@ -19,13 +19,17 @@ from image_segmentation import model_folder
 VISION_CROP_AND_SCALE = {"stretch": "scaleFill", "crop": "centerCrop"}
 
 
+def check_mode(mode: str) -> None:
+    if mode not in model_folder.RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {model_folder.RESIZE_MODES}")
+
+
 def window(height, width, size: tuple[int, int], mode: str) -> tuple:
     """(top, left, height, width) of the part of a height x width photo the model sees.
 
     Python ints or scalar tensors (inside tf.data): the same arithmetic either way.
     """
-    if mode not in model_folder.RESIZE_MODES:
-        raise ValueError(f"resize mode {mode!r} is not one of {model_folder.RESIZE_MODES}")
+    check_mode(mode)
     if mode == "stretch":
         return 0, 0, height, width
     # The largest centred window whose aspect is size's: the full height or the full width.
@@ -39,14 +43,23 @@ def window(height, width, size: tuple[int, int], mode: str) -> tuple:
     return (height - rows) // 2, (width - columns) // 2, rows, columns
 
 
+def view(
+    image: np.ndarray | tf.Tensor, size: tuple[int, int], mode: str
+) -> tuple[tf.Tensor, tuple]:
+    """A uint8 RGB photo [H, W, 3] as the model sees it, before normalization (float32
+    [*size, 3] in [0, 255]), and its `window`."""
+    shape = tf.shape(image)
+    top, left, rows, columns = window(shape[0], shape[1], size, mode)
+    pixels = tf.cast(image[top : top + rows, left : left + columns], tf.float32)
+    resized = tf.image.resize(pixels, size, method="bilinear", antialias=True)
+    return resized, (top, left, rows, columns)
+
+
 def model_input(
     image: np.ndarray | tf.Tensor, size: tuple[int, int], mode: str, normalization: dict
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """A uint8 RGB photo [H, W, 3] as the model's float32 input [*size, 3], and its window
     (int32 [4]: top, left, height, width)."""
-    shape = tf.shape(image)
-    top, left, rows, columns = window(shape[0], shape[1], size, mode)
-    pixels = tf.cast(image[top : top + rows, left : left + columns], tf.float32)
-    resized = tf.image.resize(pixels, size, method="bilinear", antialias=True)
-    normalized = resized * normalization["scale"] + normalization["offset"]
-    return normalized, tf.cast(tf.stack([top, left, rows, columns]), tf.int32)
+    pixels, seen = view(image, size, mode)
+    normalized = pixels * normalization["scale"] + normalization["offset"]
+    return normalized, tf.cast(tf.stack(seen), tf.int32)

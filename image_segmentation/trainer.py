@@ -9,12 +9,10 @@ synchronized on read: Keras makes only metric variables so, and neither the chec
 the weights file holds metrics), so the other machines need not join.
 """
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,8 +39,7 @@ from image_segmentation.train import Scaling, TrainSettings, scaling
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("conv6_cls", "sub24_out", "sub4_out")  # main output first: the loss-weight order
-MAIN_OUTPUT = OUTPUTS[0]
+MAIN_OUTPUT = icnet.INFERENCE_OUTPUT
 NORMALIZATION = dataset.Normalization()  # the legacy x/255 - 0.5; recorded in config.json
 
 
@@ -66,17 +63,6 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"--max-class-weight must be >= 1, got {settings.max_class_weight}")
     if problems:
         raise StageError("; ".join(problems))
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str) -> Iterator[None]:
-    """Build layers under a Keras dtype policy, restoring the previous one afterwards."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def use_mixed_precision(setting: str) -> bool:
@@ -113,7 +99,7 @@ def build_model(
     """The ICNet training model for len(weights) classes, compiled with the three-output loss
     on its float32 logits, each pixel weighted by its class's weight, and the optimizer, its
     learning rate scaled for the replicas as `train.scaling` says."""
-    with dtype_policy("mixed_float16" if mixed_precision else "float32"):
+    with icnet.dtype_policy("mixed_float16" if mixed_precision else "float32"):
         model = icnet.build_icnet(len(weights), settings.image_size, settings.alpha)
     rate = learning_rate(settings.schedule, settings.learning_rate * replicas, total_steps)
     # Named: checkpoints find its variables by path ("adam/iteration"), and Keras numbers the
@@ -122,20 +108,13 @@ def build_model(
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, name="sgd")
     else:
         optimizer = keras.optimizers.Adam(rate, name="adam")
-    model.compile(
-        optimizer=optimizer,
-        loss={name: losses.WeightedCrossEntropy(weights, dataset.IGNORE) for name in OUTPUTS},
-        loss_weights=dict(zip(OUTPUTS, settings.loss_weights, strict=True)),
-    )
-    # Built now rather than inside the first training step: the step is then traced once,
-    # not twice, and a checkpoint's optimizer state has variables to load into.
-    model.optimizer.build(model.trainable_variables)
+    losses.compile_for_training(model, weights, optimizer, settings.loss_weights)
     return model
 
 
 def output_sizes(model: keras.Model) -> dict[str, tuple[int, int]]:
     """(height, width) of each training output, the sizes the masks are resized to."""
-    return {name: tuple(model.get_layer(name).output.shape[1:3]) for name in OUTPUTS}
+    return {name: tuple(model.get_layer(name).output.shape[1:3]) for name in icnet.OUTPUTS}
 
 
 def fetch_fine_tune_source(source: str, scratch: Path) -> Path:

@@ -364,7 +364,7 @@ def test_mixed_precision_model_trains_on_float32_logits_and_keeps_the_global_pol
     assert model.get_layer("conv1_sub1").compute_dtype == "float16"
     assert model.get_layer("conv1_sub1").kernel.dtype == "float32"
     assert model.get_layer("conv6_cls_logits").compute_dtype == "float16"
-    assert all(model.get_layer(name).output.dtype == "float32" for name in trainer.OUTPUTS)
+    assert all(model.get_layer(name).output.dtype == "float32" for name in icnet.OUTPUTS)
     assert all(isinstance(loss, losses.WeightedCrossEntropy) for loss in model.loss.values())
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert keras.config.dtype_policy().name == "float32"
