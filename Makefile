@@ -145,10 +145,14 @@ run-component: ## Run one stage's image on DATA mounted at /data: STEP=prepare A
 	  -v $(abspath $(DATA)):/data $(call image_name,$(BUILD_REGISTRY),$(call image_of,$(STEP))) \
 	  python -m image_segmentation $(call stage_of,$(STEP)) $(ARGS)
 
-pipeline-local: setup ## Run the whole pipeline here (PARAMS="destination=gs://... ...")
+# The template Vertex runs, through the emulator (pipelines/emulator/): the export image stands
+# in for the GPU train image, which also has the ImageNet weights, so init is random by default.
+pipeline-local: setup ## Run the Vertex template here, each step in its image (PARAMS="...")
 	$(MAKE) images IMAGE_REGISTRY=localhost IMAGES="$(LOCAL_IMAGES)"
-	$(if $(filter podman,$(CONTAINER_ENGINE)),docker/podman-api.sh) $(PY) -m pipelines local \
-	  --tag $(TAG) --pipeline-root $(PIPELINE_ROOT) $(params)
+	$(MAKE) pipeline-compile IMAGE_REGISTRY=localhost PIPELINE_FILE=$(PIPELINE_ROOT)/pipeline.yaml
+	$(PY) -m pipelines local --template $(PIPELINE_ROOT)/pipeline.yaml \
+	  --gcs-dir $(PIPELINE_ROOT)/gcs --engine $(CONTAINER_ENGINE) \
+	  --substitute image-segmentation-train=image-segmentation-export --param init=random $(params)
 
 base-image: ## Make BASE_IMAGE offline with debootstrap (root; for machines without a registry)
 	docker/base-image.sh $(CONTAINER_ENGINE) $(BASE_IMAGE)

@@ -7,9 +7,8 @@ from components.stages import (
     evaluate_component,
     not_published_component,
     prepare_component,
-    train_component,
+    training_job_component,
     upload_component,
-    worker_replicas_component,
 )
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "evaluate_component",
     "not_published_component",
     "prepare_component",
-    "train_component",
+    "training_job_component",
     "upload_component",
-    "worker_replicas_component",
 ]

@@ -25,6 +25,7 @@ IMAGE_PREFIX = "image-segmentation-"
 STAGE_IMAGES = {
     "download": "light",
     "prepare": "light",
+    "training-job": "light",
     "train": "train",
     "evaluate": "export",
     "convert": "export",

@@ -3,10 +3,11 @@
 Artifacts are folders (files for Metrics, ClassificationMetrics and HTML) at the local paths
 Kubeflow gives (`/gcs/...` on Vertex). Every stage step starts with `--executor-input '{{$}}'`,
 so the stage itself writes the executor output Kubeflow reads its artifacts (with Metrics
-values) and parameter outputs from. Two more components help the pipeline: `not_published` only
-logs why the quality gate stopped a run, and `worker_replicas` works out the size of a
-multi-machine training job's second worker pool (see pipelines/training.py). The components are
-made per image set, so one pipeline definition compiles for any registry and tag.
+values) and parameter outputs from. Training is not a component here: `training_job` writes the
+worker pools of the Vertex AI CustomJob that trains (see pipelines/training.py). One more
+component helps the pipeline: `not_published` only logs why the quality gate stopped a run.
+The components are made per image set, so one pipeline definition compiles for any registry
+and tag.
 """
 
 from kfp import dsl
@@ -22,11 +23,6 @@ NOT_PUBLISHED_SCRIPT = (
     "import sys; miou, min_miou = map(float, sys.argv[1:]); "
     "print(f'mIoU {miou:.4f} is below min_miou {min_miou:.4f}: "
     "the model was not converted or uploaded')"
-)
-WORKER_REPLICAS_SCRIPT = (
-    "import sys; n = int(sys.argv[1]); "
-    "n > 1 or sys.exit(f'replica_count must be at least 1, got {n}'); "
-    "open(sys.argv[2], 'w').write(str(n - 1))"
 )
 
 
@@ -81,9 +77,9 @@ def prepare_component(images: Images):
     return prepare
 
 
-def train_component(images: Images):
+def training_job_component(images: Images):
     @dsl.container_component
-    def train(
+    def training_job(
         data: Input[Dataset],
         image_size: int,
         alpha: float,
@@ -93,16 +89,33 @@ def train_component(images: Images):
         steps_per_epoch: int,
         init: str,
         resize: str,
+        machine_type: str,
+        accelerator_type: str,
+        accelerator_count: int,
+        replica_count: int,
+        scheduling_strategy: str,
         model: Output[Model],
-        metrics: Output[Metrics],
+        worker_pool_specs: dsl.OutputPath(list),
+        base_output_directory: dsl.OutputPath(str),
     ):
-        """Train ICNet on the prepared shards; the model folder holds config.json and weights."""
+        """Check the training settings and write the Vertex training job's worker pools, with
+        every value final; `model` is the folder the job trains into."""
         return dsl.ContainerSpec(
-            image=images.for_stage("train"),
-            command=stage_command("train", "--metrics-from", "model/training_metrics.json"),
+            image=images.for_stage("training-job"),
+            command=stage_command("training-job"),
             args=[
+                "--train-image", images.for_stage("train"),
+                "--machine-type", machine_type,
+                "--accelerator-type", accelerator_type,
+                "--accelerator-count", accelerator_count,
+                "--replica-count", replica_count,
+                "--scheduling-strategy", scheduling_strategy,
                 "--data-dir", data.path,
-                "--output-dir", model.path,
+                "--model-dir", model.path,
+                "--model-uri", model.uri,
+                "--worker-pool-specs", worker_pool_specs,
+                "--base-output-directory", base_output_directory,
+                "--",
                 "--image-size", image_size,
                 "--alpha", alpha,
                 "--epochs", epochs,
@@ -114,7 +127,7 @@ def train_component(images: Images):
             ],
         )  # fmt: skip
 
-    return train
+    return training_job
 
 
 def evaluate_component(images: Images):
@@ -203,16 +216,3 @@ def upload_component(images: Images):
         )  # fmt: skip
 
     return upload
-
-
-def worker_replicas_component(images: Images):
-    @dsl.container_component
-    def worker_replicas(replica_count: int, workers: dsl.OutputPath(int)):
-        """The machines of a training job besides its chief: replica_count - 1."""
-        return dsl.ContainerSpec(
-            image=images.image("light"),
-            command=[PYTHON, "-c", WORKER_REPLICAS_SCRIPT],
-            args=[replica_count, workers],
-        )
-
-    return worker_replicas

@@ -20,6 +20,10 @@ STAGES = {
     "download": ("image_segmentation.download", "Download and verify the ADE20K zip."),
     "prepare": ("image_segmentation.prepare", "Whitelist-filter ADE20K into TFRecord shards."),
     "train": ("image_segmentation.train", "Train ICNet on the prepared TFRecords."),
+    "training-job": (
+        "image_segmentation.training_job",
+        "Write the Vertex AI training job's worker pools.",
+    ),
     "evaluate": ("image_segmentation.evaluate", "Score a trained model on the validation split."),
     "export": ("image_segmentation.export", "Convert a trained model to Core ML and TFLite."),
     "upload": ("image_segmentation.upload", "Upload exported models to Cloud Storage."),
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         # Every machine of a multi-machine training job runs this command; the chief alone
         # writes the outputs, so it alone tells Kubeflow about them.
         if executor and status == 0 and cluster.is_chief(cluster.cluster_config(os.environ)):
-            kfp_executor.write_executor_output(executor)
+            declared = getattr(module, "OUTPUT_PARAMETERS", {})
+            kfp_executor.write_executor_output(executor, declared)
         return status
     except StageError as error:
         return _error(error)

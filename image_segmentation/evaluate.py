@@ -29,6 +29,7 @@ REPORT_FILE = "report.html"
 GATE_METRIC = "miou"
 CONVENTION = "every labelled pixel scored, 'none' a class; unlabelled pixels not scored"
 KFP_SCALARS = ("miou", "pixel_accuracy")
+OUTPUT_PARAMETERS = {"miou": float}  # the Kubeflow output the quality gate tests (--miou-output)
 PUBLISHED_KEYS = ("miou", "pixel_accuracy", "class_iou", "classes_scored", "pixels_scored")
 
 

@@ -4,14 +4,16 @@ A container step gets its artifacts' paths on its command line, but Kubeflow lea
 step produced, and Vertex shows a Metrics artifact's values, only from the `executor_output.json`
 the step writes at the path given in its executor input. kfp writes that file for Python
 components only, so a stage started with `--executor-input '{{$}}'` writes it here once it has
-succeeded; after a failure nothing is written, so no half-made artifact is passed on. Numeric
-parameter outputs (e.g. the evaluate step's `miou`, which the quality gate tests) go in it
-too, as `parameterValues`, so every runner reads them from the same place. The executor input
-is checked before the stage starts, so a malformed one costs no work.
+succeeded; after a failure nothing is written, so no half-made artifact is passed on.
+Parameter outputs (e.g. the evaluate step's `miou`, which the quality gate tests) go in it
+too, as `parameterValues`, so every runner reads them from the same place: only the ones the
+stage declares (its module's OUTPUT_PARAMETERS), never a file another program put there. The
+executor input is checked before the stage starts, so a malformed one costs no work.
 """
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,28 +125,46 @@ def read_metrics(path: Path) -> dict[str, float]:
     }
 
 
-def parameter_values(executor_input: dict) -> dict[str, float]:
-    """The parameter outputs the stage wrote at their output files, as numbers.
+def parameter_values(executor_input: dict, declared: Mapping[str, type]) -> dict[str, object]:
+    """The parameter outputs the stage declares (name -> float, str or list), read from their
+    output files.
 
-    The stages of this package have numeric parameter outputs only (JSON numbers, e.g. `0.42`).
+    Only declared names are read: the executor input may list outputs that belong to someone
+    else. A Vertex CustomJob launcher adds `gcp_resources` and writes its own JSON object there,
+    in a file the training machines see; that file is the launcher's and is left alone. A number
+    is a finite JSON number (e.g. `0.42`), a list a JSON list, a string the file's text.
     """
+    outputs = executor_input.get("outputs", {}).get("parameters", {})
     values = {}
-    for name, output in executor_input.get("outputs", {}).get("parameters", {}).items():
-        path = Path(output["outputFile"])
+    for name, kind in declared.items():
+        if name not in outputs:
+            continue
+        path = Path(outputs[name]["outputFile"])
         if not path.is_file():
             continue
-        try:
-            value = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise StageError(f"output parameter {name!r}: {path} is not JSON: {error}") from error
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise StageError(f"output parameter {name!r}: {path} holds {value!r}, not a number")
-        values[name] = float(value)
+        values[name] = _read_parameter(name, path, kind)
     return values
+
+
+def _read_parameter(name: str, path: Path, kind: type) -> object:
+    text = path.read_text()
+    if kind is str:
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise StageError(f"output parameter {name!r}: {path} is not JSON: {error}") from error
+    if kind is list and isinstance(value, list):
+        return value
+    if (
+        kind is float
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
+        return float(value)
+    wanted = "a list" if kind is list else "a number"
+    raise StageError(f"output parameter {name!r}: {path} holds {_short(value)}, not {wanted}")
 
 
 def metrics_source(options: ExecutorOptions, artifacts: dict[str, dict]) -> Path | None:
@@ -160,9 +180,9 @@ def metrics_source(options: ExecutorOptions, artifacts: dict[str, dict]) -> Path
     return local_path(artifacts[output]["uri"]) / relative
 
 
-def executor_output(options: ExecutorOptions) -> dict:
+def executor_output(options: ExecutorOptions, declared: Mapping[str, type]) -> dict:
     """The ExecutorOutput message: every output artifact, Metrics ones with their values, and
-    the numeric parameter outputs.
+    the parameter outputs the stage declares (`parameter_values`).
 
     A Metrics output takes its values from the --metrics-from file (and gets them written to
     its own path too), or else from the JSON the stage wrote at its path, if any. A
@@ -188,15 +208,15 @@ def executor_output(options: ExecutorOptions) -> dict:
         entry = {"name": artifact.get("name", ""), "uri": artifact["uri"], "metadata": metadata}
         result[name] = {"artifacts": [entry]}
     output = {"artifacts": result} if result else {}
-    parameters = parameter_values(options.executor_input)
+    parameters = parameter_values(options.executor_input, declared)
     if parameters:
         output["parameterValues"] = parameters
     return output
 
 
-def write_executor_output(options: ExecutorOptions) -> Path:
+def write_executor_output(options: ExecutorOptions, declared: Mapping[str, type]) -> Path:
     """Write executor_output.json where the executor input says Kubeflow will read it."""
     path = Path(options.executor_input["outputs"]["outputFile"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(executor_output(options)))
+    path.write_text(json.dumps(executor_output(options, declared)))
     return path

@@ -28,6 +28,7 @@ from image_segmentation import (
     distribute,
     icnet,
     inference,
+    kfp_executor,
     losses,
     model_folder,
     pretrained,
@@ -169,8 +170,11 @@ def load_fine_tune_weights(model: keras.Model, source: str, settings: TrainSetti
 
 
 def tensorboard_dir(output_dir: Path) -> str:
-    """Vertex AI sets AIP_TENSORBOARD_LOG_DIR when the job has a TensorBoard instance."""
-    return os.environ.get("AIP_TENSORBOARD_LOG_DIR") or str(output_dir / "logs")
+    """Vertex AI sets AIP_TENSORBOARD_LOG_DIR (a gs:// URI, which the machines see under
+    /gcs) whenever the job has a base output directory; the pipeline makes that the model
+    folder, so with or without a TensorBoard instance the scalars land in its logs/."""
+    uri = os.environ.get("AIP_TENSORBOARD_LOG_DIR")
+    return str(kfp_executor.local_path(uri)) if uri else str(output_dir / "logs")
 
 
 def run_key(

@@ -3,7 +3,7 @@
 compile  write the template with the images of one registry and tag baked in
 run      submit a compiled template to Vertex AI Pipelines; prints the console link
 upload   publish a compiled template to a Kubeflow Artifact Registry repository
-local    run the whole pipeline here with docker or podman (kfp.local.DockerRunner)
+local    run a compiled template here as Vertex runs it (pipelines/emulator/)
 """
 
 import argparse
@@ -93,11 +93,20 @@ def _parser() -> argparse.ArgumentParser:
         help="a tag for this version (repeatable), e.g. latest",
     )  # fmt: skip
 
-    local = commands.add_parser("local", help="run the pipeline here with docker or podman")
-    _add_image_options(local, registry_required=False)
+    local = commands.add_parser("local", help="run a compiled template here, as Vertex would")
+    local.add_argument("--template", type=Path, required=True, help="compiled pipeline YAML")
     local.add_argument(
-        "--pipeline-root", type=Path, required=True, help="local folder for the artifacts"
-    )
+        "--gcs-dir", type=Path, required=True,
+        help="local folder that stands in for Cloud Storage (the steps see it at /gcs)",
+    )  # fmt: skip
+    local.add_argument(
+        "--engine", default="docker",
+        help="docker or podman: each step in its image; process: on this machine's Python",
+    )  # fmt: skip
+    local.add_argument(
+        "--substitute", action="append", default=[], metavar="IMAGE=STAND_IN",
+        help="run images named IMAGE with STAND_IN instead (repeatable)",
+    )  # fmt: skip
     _add_parameter_options(local)
     return parser
 
@@ -141,16 +150,31 @@ def _run(args: argparse.Namespace, credentials) -> int:
         package, version = vertex.upload_template(args.template, args.host, args.tags)
         print(f"uploaded {package} {version} (tags: {', '.join(args.tags) or 'none'})")
     elif args.command == "local":
-        from pipelines import local
+        return _run_locally(args)
+    return 0
 
-        registry = args.image_registry or local.LOCAL_REGISTRY
-        images = Images(registry, args.tag, substitutes=local.CPU_TRAINING)
-        try:
-            local.run_locally(images, args.pipeline_root, _parameter_assignments(args))
-        except RuntimeError as error:  # a step failed; kfp names it
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        print(f"done: artifacts under {args.pipeline_root}")
+
+def _run_locally(args: argparse.Namespace) -> int:
+    from pipelines import vertex
+    from pipelines.emulator import run, steps
+
+    substitutes = dict(assignment.partition("=")[::2] for assignment in args.substitute)
+    gcs_dir = args.gcs_dir.resolve()
+    gcs_dir.mkdir(parents=True, exist_ok=True)
+    if args.engine == "process":
+        runner = steps.ProcessSteps(gcs_dir)
+    else:
+        runner = steps.ContainerSteps(gcs_dir, args.engine, substitutes)
+    parameters = vertex.parse_parameters(args.template, _parameter_assignments(args))
+    try:
+        finished = run.emulate(
+            args.template, parameters, runner, cache_file=gcs_dir / ".emulator-cache.json"
+        )
+    except RuntimeError as error:  # a step failed (template.StepFailed), or no way to run one
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(run.summary(finished.results))
+    print(f"done: artifacts under {gcs_dir}")
     return 0
 
 

@@ -3,8 +3,9 @@
 Convert and upload run only when the evaluated mIoU reaches `min_miou` (the quality gate);
 otherwise a small step logs why, and the run still succeeds.
 
-It compiles in two variants that differ only in how the train step runs: on Vertex AI as a
-CustomJob (pipelines/training.py), and for `kfp.local` as a plain container step.
+Training runs as a Vertex AI CustomJob (pipelines/training.py). There is one template: `make
+pipeline-local` runs the same one on this machine through the Vertex emulator
+(pipelines/emulator/).
 
 Every knob is a pipeline parameter with a default, and its description comes from the `Args:`
 section of the pipeline's docstring, which kfp compiles into the template: the Vertex console
@@ -21,7 +22,6 @@ from components import (
     evaluate_component,
     not_published_component,
     prepare_component,
-    train_component,
     upload_component,
 )
 from image_segmentation import ade20k, labels
@@ -43,14 +43,10 @@ def publish(upload, exported, model, destination, model_name, version) -> dsl.Pi
     return task.set_caching_options(False)
 
 
-def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.GraphComponent:
-    """The pipeline with its steps running on `images`; `on_vertex` False: the train step is a
-    plain container step (machine settings ignored), as kfp.local can run it, in the export
-    image, which does not carry the ImageNet weights: there `init` defaults to random."""
+def build_pipeline(images: Images) -> graph_component.GraphComponent:
+    """The pipeline with its steps running on `images`."""
     download = download_component(images)
     prepare = prepare_component(images)
-    train = train_component(images)
-    train_job = training.custom_job(train) if on_vertex else None
     evaluate = evaluate_component(images)
     not_published = not_published_component(images)
     convert = convert_component(images)
@@ -83,12 +79,13 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
         steps_per_epoch: int = 200,
         batch_size: int = 8,
         learning_rate: float = 1e-3,
-        init: str = "imagenet" if on_vertex else "random",
+        init: str = "imagenet",
         resize: str = "stretch",
         machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
         accelerator_count: int = 1,
         replica_count: int = 1,
+        scheduling_strategy: str = "STANDARD",
         tensorboard: str = "",
         train_timeout: str = "172800s",
         prepare_cpu: str = "8",
@@ -138,8 +135,12 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
             accelerator_count: GPUs per training machine; it must fit the machine type.
             replica_count: Training machines; more than 1 trains on all of them
                 (data parallel), the first one writes the model.
+            scheduling_strategy: How the training machines are obtained: STANDARD (on
+                demand), SPOT (cheaper; a preempted job is retried and resumes after its last
+                completed epoch) or FLEX_START (waits for capacity, up to a day).
             tensorboard: Optional Vertex AI TensorBoard instance that receives the training
-                scalars, projects/PROJECT/locations/REGION/tensorboards/ID; empty: none.
+                scalars, projects/PROJECT/locations/REGION/tensorboards/ID; empty: none
+                (the scalars are in the model folder's logs/ either way).
             train_timeout: Longest the training job may run, in seconds with an s, e.g.
                 172800s (two days).
             prepare_cpu: vCPUs of the prepare step (one worker process per vCPU).
@@ -162,33 +163,30 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
             val_shards=val_shards,
         )
         prepared.set_cpu_limit(prepare_cpu).set_memory_limit(prepare_memory)
-        train_inputs = {
-            "data": prepared.outputs["prepared"],
-            "image_size": image_size,
-            "alpha": alpha,
-            "epochs": epochs,
-            "steps_per_epoch": steps_per_epoch,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "init": init,
-            "resize": resize,
-        }
-        if on_vertex:
-            model = training.train_on_vertex(
-                images,
-                train_job,
-                machines={
-                    "machine_type": machine_type,
-                    "accelerator_type": accelerator_type,
-                    "accelerator_count": accelerator_count,
-                    "replica_count": replica_count,
-                },
-                job_settings={"tensorboard": tensorboard, "timeout": train_timeout},
-                train_inputs=train_inputs,
-            )
-        else:
-            model = train(**train_inputs).outputs["model"]
-        evaluated = evaluate(data=prepared.outputs["prepared"], model=model)
+        trained, job = training.train_on_vertex(
+            images,
+            prepared.outputs["prepared"],
+            settings={
+                "image_size": image_size,
+                "alpha": alpha,
+                "epochs": epochs,
+                "steps_per_epoch": steps_per_epoch,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "init": init,
+                "resize": resize,
+            },
+            machines={
+                "machine_type": machine_type,
+                "accelerator_type": accelerator_type,
+                "accelerator_count": accelerator_count,
+                "replica_count": replica_count,
+                "scheduling_strategy": scheduling_strategy,
+            },
+            job_settings={"tensorboard": tensorboard, "timeout": train_timeout},
+        )
+        model = trained.outputs["model"]
+        evaluated = evaluate(data=prepared.outputs["prepared"], model=model).after(job)
         evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
         with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
             exported = convert_with_resources(
@@ -210,7 +208,7 @@ def build_pipeline(images: Images, on_vertex: bool = True) -> graph_component.Gr
     return image_segmentation
 
 
-def compile_pipeline(images: Images, path: str, on_vertex: bool = True) -> str:
+def compile_pipeline(images: Images, path: str) -> str:
     """Write the pipeline template (YAML) for `images` to `path`; return the path."""
-    compiler.Compiler().compile(build_pipeline(images, on_vertex), package_path=path)
+    compiler.Compiler().compile(build_pipeline(images), package_path=path)
     return path

@@ -1,9 +1,12 @@
 """Shared fixtures: generated ADE20K data and a real GCS emulator server on 127.0.0.1."""
 
+import functools
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +38,22 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 def ade_dataset(tmp_path_factory) -> Path:
     """A small generated ADEChallengeData2016 tree (24 training, 8 validation images)."""
     return synthetic.generate_ade20k(tmp_path_factory.mktemp("ade"), num_train=24, num_val=8)
+
+
+@pytest.fixture(scope="session")
+def served_zip(tmp_path_factory):
+    """A generated ADE20K zip on a loopback HTTP server: (URL, SHA-1, images per split)."""
+    root = tmp_path_factory.mktemp("served")
+    dataset = synthetic.generate_ade20k(root / "src", num_train=8, num_val=4)
+    sha1 = synthetic.make_zip(dataset, root / "ADEChallengeData2016.zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ADEChallengeData2016.zip"
+    yield url, sha1, {"train": 8, "val": 4}
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,21 @@
 """Real image builds with podman, one stage through `make run-component`, and the whole
-pipeline through `make pipeline-local` (kfp.local.DockerRunner on podman's Docker API).
+Vertex template through `make pipeline-local` (the Vertex emulator, each step in its image).
 
 The base image is made offline with debootstrap (`make base-image`, kept between runs on the
 same machine) and the builds run with --network=none from wheels fetched on the host, so
 nothing is pulled from a container registry.
 """
 
-import functools
-import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from image_segmentation import labels, records, synthetic
+from image_segmentation import labels, records
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "localhost/python-base:3.11-bookworm"
@@ -68,22 +65,6 @@ def light_image(podman_env) -> str:
     return f"localhost/image-segmentation-light:{TAG}"
 
 
-@pytest.fixture(scope="session")
-def served_zip(tmp_path_factory):
-    """A generated ADE20K zip on a loopback HTTP server: (URL, SHA-1, images per split)."""
-    root = tmp_path_factory.mktemp("served")
-    dataset = synthetic.generate_ade20k(root / "src", num_train=8, num_val=4)
-    sha1 = synthetic.make_zip(dataset, root / "ADEChallengeData2016.zip")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/ADEChallengeData2016.zip"
-    yield url, sha1, {"train": 8, "val": 4}
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.containers
 def test_light_image_is_slim_and_runs_as_non_root(light_image, podman_env):
     probe = "import importlib.util, os; print(os.getuid(), importlib.util.find_spec('tensorflow'))"
@@ -129,14 +110,22 @@ def test_run_component_downloads_and_prepares_on_the_host_folder(
         assert all(example[records.MASK_ENCODED].startswith(b"\x89PNG") for example in examples)
 
 
+def task_states(log: str) -> dict[str, str]:
+    """The emulator's closing summary: task name (last part of its path) -> how it ended."""
+    found = re.findall(r"^([\w.-]+): (succeeded|cached|skipped)", log, re.MULTILINE)
+    return {path.rsplit(".", 1)[-1]: state for path, state in found}
+
+
 @pytest.mark.containers
 @pytest.mark.slow
 def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     podman_env, served_zip, gcs_client, tmp_path
 ):
-    """One full run that publishes (min_miou 0), then the same run with an impossible
-    min_miou: its steps up to evaluate come from the local cache, nothing is converted or
-    uploaded, and the run succeeds with the reason in its log."""
+    """`make pipeline-local` runs the template `make pipeline-compile` writes through the
+    Vertex emulator, each step in its image, the training job's machine in the export image,
+    and publishes (min_miou 0). The same run with an impossible min_miou takes every step up to
+    evaluate from the cache, converts and uploads nothing, and succeeds with the reason in its
+    log."""
     url, sha1, _ = served_zip
     gcs_client.create_bucket("local-models")
     env = {**podman_env, "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"]}
@@ -147,47 +136,57 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     result = check(make("pipeline-local", env, PIPELINE_ROOT=str(tmp_path),
                         PARAMS=f"destination=gs://local-models/icnet {params}"))  # fmt: skip
     log = ANSI.sub("", result.stdout + result.stderr)
-    for step in ("download", "prepare", "train", "evaluate", "convert", "upload"):
-        assert f"Task '{step}' finished with status SUCCESS" in log
-    assert "Executing task 'not-published'" not in log
+    states = task_states(log)
+    for task in ("download", "prepare", "training-job", "train", "evaluate", "convert"):
+        assert states[task] == "succeeded", log[-4000:]
+    assert states["upload"] == "succeeded" and states["below-min-miou"] == "skipped"
+    # The job's one machine ran the train image the request named, with the export image in
+    # its place (no GPU here).
+    assert (
+        "[customjob-1-workerpool0-0] localhost/image-segmentation-train:test "
+        "(in localhost/image-segmentation-export:test)"
+    ) in log
     names = [blob.name for blob in gcs_client.list_blobs("local-models")]
     (manifest_name,) = [name for name in names if name.endswith("/manifest.json")]
     version = manifest_name.split("/")[2]
-    assert re.fullmatch(r"image-segmentation-[0-9-]+", version)  # default: the run's name
+    assert re.fullmatch(r"image-segmentation-[0-9]+", version)  # default: the run's name
     published = {name.split("/", 3)[3] for name in names}
     assert {"labels.txt", "icnet.mlpackage/Manifest.json"} <= published
-    (run_root,) = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
-    metrics = json.loads((run_root / "train" / "metrics").read_text())
+    (run_root,) = (tmp_path / "gcs" / "emulated-bucket" / "pipeline-root").iterdir()
+    model = run_root / "root" / "training-job" / "model"
+    metrics = json.loads((model / "training_metrics.json").read_text())
     assert 0.0 <= metrics["val_pixel_accuracy"] <= 1.0
-    evaluation = json.loads((run_root / "evaluate" / "metrics").read_text())
+    evaluation = json.loads((run_root / "root" / "evaluate" / "metrics").read_text())
     assert 0.0 <= evaluation["miou"] <= 1.0
-    matrix = json.loads((run_root / "evaluate" / "confusion_matrix").read_text())
+    matrix = json.loads((run_root / "root" / "evaluate" / "confusion_matrix").read_text())
     assert len(matrix["confusionMatrix"]["rows"]) == 11  # none + the ten living-room classes
-    assert "<html" in (run_root / "evaluate" / "report").read_text()
+    assert "<html" in (run_root / "root" / "evaluate" / "report").read_text()
     # The published numbers are the gated ones: the evaluate step's, not training's.
     manifest = json.loads(gcs_client.bucket("local-models").blob(manifest_name).download_as_text())
     assert manifest["metrics"]["source"] == "evaluate stage, validation split"
     assert {k: manifest["metrics"][k] for k in evaluation} == evaluation
 
-    # The same images, so the cache applies: straight to the command `make pipeline-local`
-    # runs after building them (a rebuild could differ if a file changed in the meantime).
+    # The same images and template, so the cache applies: straight to the command `make
+    # pipeline-local` runs after building them.
     gated = subprocess.run(
-        ["docker/podman-api.sh", str(REPO / ".venv" / "bin" / "python"), "-m", "pipelines",
-         "local", "--tag", TAG, "--pipeline-root", str(tmp_path),
-         *(f"--param={p}" for p in [*params.split(), "destination=gs://local-models/gated",
-                                    "min_miou=1.01"])],
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "pipelines", "local",
+         "--template", str(tmp_path / "pipeline.yaml"), "--gcs-dir", str(tmp_path / "gcs"),
+         "--engine", "podman", "--substitute", "image-segmentation-train=image-segmentation-export",
+         *(f"--param={p}" for p in [*params.split(), "init=random",
+                                    "destination=gs://local-models/gated", "min_miou=1.01"])],
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
     log = ANSI.sub("", gated.stdout + gated.stderr)
     assert gated.returncode == 0, log[-4000:]
-    for step in ("download", "prepare", "train", "evaluate"):  # cached: kfp runs them silently
-        assert f"Executing task '{step}'" not in log
-    assert "Task 'not-published' finished with status SUCCESS" in log
+    states = task_states(log)
+    for task in ("download", "prepare", "training-job", "train", "evaluate"):
+        assert states[task] == "cached"
+    assert states["not-published"] == "succeeded"
+    assert states["quality-gate"] == "skipped" and "convert" not in states
     miou = evaluation["miou"]
     assert (
         f"mIoU {miou:.4f} is below min_miou 1.0100: the model was not converted or uploaded" in log
     )
-    assert "Executing task 'convert'" not in log and "Executing task 'upload" not in log
     assert [blob.name for blob in gcs_client.list_blobs("local-models")] == names
 
 
@@ -201,6 +200,6 @@ def test_pipeline_local_fails_when_a_step_fails(podman_env, served_zip, tmp_path
     )  # fmt: skip
     log = ANSI.sub("", result.stdout + result.stderr)
     assert result.returncode != 0
-    assert "Task 'download' finished with status FAILURE" in log
+    assert "error: task root.download failed after 1 attempt(s)" in log
     assert "SHA-1" in log or "sha1" in log.lower()  # the stage's own error is shown
-    assert "Executing task 'prepare'" not in log
+    assert "[root.prepare]" not in log

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,20 +14,24 @@ import yaml
 from google.protobuf import json_format
 from kfp.local import executor_output_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
-from vertex_fake import CUSTOM_JOB_LAUNCHER, render_custom_jobs
+from vertex_fake import CUSTOM_JOB_LAUNCHER, custom_job_tasks
 
 from components import STAGE_IMAGES, Images
 from components.images import DOWNLOAD_SOURCES, download_tag
-from image_segmentation import ade20k, cli, kfp_executor, labels
+from image_segmentation import ade20k, cli, evaluate, kfp_executor, labels, train, training_job
 from pipelines.__main__ import main as pipelines_main
 from pipelines.pipeline import compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY, TAG = "europe-west4-docker.pkg.dev/my-project/images", "v7"
-STEPS = ("download", "prepare", "train", "train-2", "evaluate", "convert", "upload", "upload-2")
+TRAIN_IMAGE = f"{REGISTRY}/image-segmentation-train:{TAG}"
+# The container steps that run a stage; the train task is Google's CustomJob launcher instead.
+STEPS = ("download", "prepare", "training-job", "evaluate", "convert", "upload", "upload-2")
+TRAIN = "custom-training-job"  # the CustomJob task (display name "train")
 PARAM = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
-ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.path\}\}")
+ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.(path|uri)\}\}")
 OUTPUT_PARAM = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
+KFP_TYPES = {float: "NUMBER_DOUBLE", list: "LIST", str: "STRING"}  # OUTPUT_PARAMETERS' kinds
 GATE = (
     "inputs.parameter_values['pipelinechannel--evaluate-miou'] >= "
     "inputs.parameter_values['pipelinechannel--min_miou']"
@@ -42,19 +47,6 @@ def spec(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.fixture(scope="module")
-def local_spec(tmp_path_factory) -> dict:
-    """The variant `make pipeline-local` runs: the train step is a plain container step."""
-    path = tmp_path_factory.mktemp("compiled-local") / "pipeline.yaml"
-    compile_pipeline(Images(REGISTRY, TAG), str(path), on_vertex=False)
-    return yaml.safe_load(path.read_text())
-
-
-@pytest.fixture(params=["vertex", "local"])
-def either_spec(request, spec, local_spec) -> dict:
-    return spec if request.param == "vertex" else local_spec
-
-
 def executor(spec: dict, step: str) -> dict:
     return spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
 
@@ -68,20 +60,6 @@ def all_tasks(spec: dict, tasks: dict | None = None) -> dict[str, dict]:
         if "dag" in component:
             found |= all_tasks(spec, component["dag"]["tasks"])
     return found
-
-
-def stage_container(spec: dict, step: str) -> dict:
-    """The command and args a step's stage container runs: the step's own container, or for
-    a CustomJob step the container of its first worker pool (as Kubeflow fills it in)."""
-    container = executor(spec, step)
-    if CUSTOM_JOB_LAUNCHER not in container["command"]:
-        return container
-    task = next(t for t in all_tasks(spec).values() if t["componentRef"]["name"] == f"comp-{step}")
-    pool = task["inputs"]["parameters"]["worker_pool_specs"]["runtimeValue"]["constant"][0]
-    command = ["{{$}}" if part == "{{$.json_escape[1]}}" else part
-               for part in pool["container_spec"]["command"]]  # fmt: skip
-    return {"image": pool["container_spec"]["image_uri"], "command": command,
-            "args": pool["container_spec"]["args"]}  # fmt: skip
 
 
 def gate_task(spec: dict) -> dict:
@@ -128,84 +106,60 @@ def steps_under(spec: dict, tasks: dict[str, dict]) -> set[str]:
     return found
 
 
-def test_steps_run_in_order_with_artifacts_passed(local_spec):
-    spec = local_spec
+def test_steps_run_in_order_with_artifacts_passed(spec):
+    """download -> prepare -> training-job -> train (the CustomJob) -> evaluate. The model is
+    the training-job step's `model` output, which the CustomJob fills, so evaluate must wait for
+    the job as well as take the artifact."""
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"download", "prepare", "train", "evaluate", "condition-branches-1"}
+    assert set(tasks) == {"download", "prepare", "training-job", TRAIN, "evaluate",
+                          "condition-branches-1"}  # fmt: skip
     assert "dependentTasks" not in tasks["download"]
     assert tasks["prepare"]["dependentTasks"] == ["download"]
-    assert tasks["train"]["dependentTasks"] == ["prepare"]
-    assert sorted(tasks["evaluate"]["dependentTasks"]) == ["prepare", "train"]
+    assert tasks["training-job"]["dependentTasks"] == ["prepare"]
+    assert tasks[TRAIN]["dependentTasks"] == ["training-job"]
+    assert sorted(tasks["evaluate"]["dependentTasks"]) == [TRAIN, "prepare", "training-job"]
     assert artifact_sources(tasks["prepare"]) == {"dataset": ("download", "dataset")}
-    assert artifact_sources(tasks["train"]) == {"data": ("prepare", "prepared")}
+    assert artifact_sources(tasks["training-job"]) == {"data": ("prepare", "prepared")}
+    assert artifact_sources(tasks[TRAIN]) == {}  # its worker pools name the folders
     assert artifact_sources(tasks["evaluate"]) == {
         "data": ("prepare", "prepared"),
-        "model": ("train", "model"),
+        "model": ("training-job", "model"),
     }
     gate = tasks["condition-branches-1"]
-    assert sorted(gate["dependentTasks"]) == ["evaluate", "train"]
+    assert sorted(gate["dependentTasks"]) == ["evaluate", "training-job"]
     assert artifact_sources(gate) == {
-        "pipelinechannel--train-model": ("train", "model"),
+        "pipelinechannel--training-job-model": ("training-job", "model"),
         "pipelinechannel--evaluate-evaluation": ("evaluate", "evaluation"),
     }
     (convert,) = [t for t in dag_tasks(spec, branches(spec, gate)["quality-gate"]).values()
                   if t["componentRef"]["name"] == "comp-convert-with-resources"]  # fmt: skip
     # the export is made from the trained model and carries its evaluation's metrics
     assert artifact_sources(convert) == {
-        "model": ("input", "pipelinechannel--train-model"),
+        "model": ("input", "pipelinechannel--training-job-model"),
         "evaluation": ("input", "pipelinechannel--evaluate-evaluation"),
     }
     assert artifact_sources(dag_tasks(spec, convert)["convert"]) == {
         "model": ("input", "model"),
         "evaluation": ("input", "evaluation"),
     }
-    assert tasks["train"]["cachingOptions"] == {"enableCache": True}
-    assert tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
+    # A rerun with the same settings takes training-job from the cache, so its job trains into
+    # the same model folder and resumes; a finished job is taken from the cache too.
+    for name in ("training-job", TRAIN, "evaluate"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    # one template: no plain train step, no machine-count branches
+    assert "comp-train" not in spec["components"]
+    assert "comp-worker-replicas" not in spec["components"]
+    assert set(custom_job_tasks(spec)) == {TRAIN}
 
 
-def test_on_vertex_the_model_comes_from_the_training_job_that_ran(spec):
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"download", "prepare", "condition-branches-1", "evaluate",
-                          "condition-branches-4"}  # fmt: skip
-    training = tasks["condition-branches-1"]
-    assert artifact_sources(training) == {
-        "pipelinechannel--prepare-prepared": ("prepare", "prepared")
-    }
-    paths = branches(spec, training)
-    replicas = "int(inputs.parameter_values['pipelinechannel--replica_count']) == 1"
-    assert {name: branch["triggerPolicy"]["condition"] for name, branch in paths.items()} == {
-        "one-machine": replicas, "several-machines": f"!({replicas})",
-    }  # fmt: skip
-    assert {name: set(dag_tasks(spec, branch)) for name, branch in paths.items()} == {
-        "one-machine": {"train"}, "several-machines": {"worker-replicas", "train-2"},
-    }  # fmt: skip
-    oneof = "pipelinechannel--condition-branches-1-oneof-1"
-    selectors = spec["components"][training["componentRef"]["name"]]["dag"]["outputs"]
-    assert selectors["artifacts"][oneof]["artifactSelectors"] == [
-        {"outputArtifactKey": "pipelinechannel--train-model", "producerSubtask": "condition-2"},
-        {"outputArtifactKey": "pipelinechannel--train-2-model", "producerSubtask": "condition-3"},
-    ]
-    assert artifact_sources(tasks["evaluate"]) == {
-        "data": ("prepare", "prepared"),
-        "model": ("condition-branches-1", oneof),
-    }
-    assert artifact_sources(gate_task(spec))[f"pipelinechannel--condition-branches-1-{oneof}"] == (
-        "condition-branches-1", oneof,
-    )  # fmt: skip
-    for task in ("train", "train-2"):
-        assert all_tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
-        assert all_tasks(spec)[task]["taskInfo"]["name"] == "train"
-
-
-def test_convert_and_upload_run_only_when_the_evaluated_miou_reaches_min_miou(either_spec):
-    spec = either_spec
+def test_convert_and_upload_run_only_when_the_evaluated_miou_reaches_min_miou(spec):
     tasks = spec["root"]["dag"]["tasks"]
     gate = gate_task(spec)
     before_gate = {k: task for k, task in tasks.items() if task is not gate}
-    assert {"comp-download", "comp-prepare", "comp-evaluate"} < steps_under(spec, before_gate)
-    assert steps_under(spec, before_gate) - {"comp-download", "comp-prepare", "comp-evaluate"} in (
-        {"comp-train"}, {"comp-train", "comp-train-2", "comp-worker-replicas"}
-    )  # fmt: skip
+    assert steps_under(spec, before_gate) == {
+        "comp-download", "comp-prepare", "comp-training-job", "comp-custom-training-job",
+        "comp-evaluate",
+    }  # fmt: skip
     wiring = gate["inputs"]["parameters"]
     assert wiring["pipelinechannel--evaluate-miou"] == {
         "taskOutputParameter": {"producerTask": "evaluate", "outputParameterKey": "miou"}
@@ -260,8 +214,7 @@ def test_the_gated_run_logs_why_nothing_was_published(spec):
     )
 
 
-def test_one_upload_runs_with_the_given_version_or_the_job_name(either_spec):
-    spec = either_spec
+def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
     gate = branches(spec, gate_task(spec))
     inside = dag_tasks(spec, gate["quality-gate"])
     (versions_task,) = [name for name in inside if name.startswith("condition-branches-")]
@@ -288,20 +241,23 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(either_spec):
 
 
 def test_images_come_from_the_registry_and_tag(spec):
-    images = {step: stage_container(spec, step)["image"] for step in STEPS}
+    images = {step: executor(spec, step)["image"] for step in STEPS}
     assert images == {
         "download": f"{REGISTRY}/image-segmentation-light:{download_tag()}",
         "prepare": f"{REGISTRY}/image-segmentation-light:{TAG}",
-        "train": f"{REGISTRY}/image-segmentation-train:{TAG}",
-        "train-2": f"{REGISTRY}/image-segmentation-train:{TAG}",
+        "training-job": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "evaluate": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "convert": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "upload": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "upload-2": f"{REGISTRY}/image-segmentation-light:{TAG}",
     }
-    assert executor(spec, "train")["image"].startswith(
+    # the training machines run the train image, which the training-job step writes into the
+    # worker pools; the train task itself is Google's CustomJob launcher
+    args = executor(spec, "training-job")["args"]
+    assert args[args.index("--train-image") + 1] == TRAIN_IMAGE
+    assert executor(spec, TRAIN)["image"].startswith(
         "gcr.io/ml-pipeline/google-cloud-pipeline-components:"
-    )  # the CustomJob launcher
+    )
 
 
 def test_every_image_has_a_dockerfile():
@@ -350,51 +306,208 @@ def test_the_download_tag_covers_every_module_the_download_stage_imports():
     }
 
 
-def test_on_vertex_training_is_a_custom_job_sized_by_the_run_parameters(spec):
-    """What Vertex would create from a run's parameters: one machine, or a chief and workers."""
-    values = {"destination": "gs://b/models", "machine_type": "a2-highgpu-2g",
-              "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 2,
-              "tensorboard": "projects/p/locations/l/tensorboards/7", "train_timeout": "3600s",
-              "epochs": 4}  # fmt: skip
-    body = {"pipelineSpec": spec, "serviceAccount": "runner@p.iam.gserviceaccount.com",
-            "runtimeConfig": {"gcsOutputDirectory": "gs://b/root"}}  # fmt: skip
-    for replicas in (1, 3):
-        body["runtimeConfig"]["parameterValues"] = {**values, "replica_count": replicas}
-        jobs = render_custom_jobs(body)
-        job = jobs["one-machine" if replicas == 1 else "several-machines"]["job_spec"]
-        pools = job["worker_pool_specs"]
-        assert [int(pool["replica_count"]) for pool in pools] == [1, 2][: min(replicas, 2)]
-        for pool in pools:
-            assert pool["machine_spec"] == {"machine_type": "a2-highgpu-2g",
-                                            "accelerator_type": "NVIDIA_TESLA_A100",
-                                            "accelerator_count": "2"}  # fmt: skip
-            container = pool["container_spec"]
-            assert container["image_uri"] == f"{REGISTRY}/image-segmentation-train:{TAG}"
-            assert container["command"][-1] == "train"
-            assert container["args"][container["args"].index("--epochs") + 1] == "4"
-        assert job["tensorboard"] == values["tensorboard"]
-        assert job["scheduling"]["timeout"] == "3600s"
-        assert job["scheduling"]["restart_job_on_worker_restart"] is True
-        assert job["service_account"] == body["serviceAccount"]
-        assert job["base_output_directory"]["output_uri_prefix"].startswith("gs://b/root/")
+def test_training_is_a_custom_job_given_the_training_job_steps_outputs_whole(spec):
+    """Vertex gets the worker pools and the base output directory as the training-job step
+    wrote them: the train task holds no pool of its own with placeholders for Vertex to fill,
+    so the job does not depend on how Vertex substitutes one (as text or typed)."""
+    task = spec["root"]["dag"]["tasks"][TRAIN]
+    assert task["taskInfo"]["name"] == "train"
+    assert CUSTOM_JOB_LAUNCHER in executor(spec, TRAIN)["command"]
+    parameters = task["inputs"]["parameters"]
+    produced = spec["components"]["comp-training-job"]["outputDefinitions"]["parameters"]
+    taken = spec["components"]["comp-custom-training-job"]["inputDefinitions"]["parameters"]
+    for name in ("worker_pool_specs", "base_output_directory"):
+        assert parameters[name] == {
+            "taskOutputParameter": {"producerTask": "training-job", "outputParameterKey": name}
+        }
+        assert produced[name]["parameterType"] == taken[name]["parameterType"], name
+    assert produced["worker_pool_specs"]["parameterType"] == "LIST"
+    assert {name: source for name, source in parameters.items()
+            if "componentInputParameter" in source} == {
+        "strategy": {"componentInputParameter": "scheduling_strategy"},
+        "tensorboard": {"componentInputParameter": "tensorboard"},
+        "timeout": {"componentInputParameter": "train_timeout"},
+    }  # fmt: skip
+    constants = {name: source["runtimeValue"]["constant"]
+                 for name, source in parameters.items() if "runtimeValue" in source}  # fmt: skip
+    assert constants == {
+        "display_name": "train",
+        "restart_job_on_worker_restart": True,  # all workers resume from the same epoch
+        "service_account": "{{$.pipeline_service_account}}",  # the run's, filled by Vertex
+    }
+    assert "{{$.inputs" not in json.dumps(parameters)
+    assert len(parameters) == 2 + 3 + 3  # nothing else is wired in
+    assert task["retryPolicy"]["maxRetryCount"] == 2
+    assert task["retryPolicy"]["backoffDuration"] == "300s"
+    # the launcher's payload takes the list as JSON (not inside quotes), so it arrives whole
+    launcher_args = executor(spec, TRAIN)["args"]
+    payload = launcher_args[launcher_args.index("--payload") + 1]
+    assert "\"worker_pool_specs\": {{$.inputs.parameters['worker_pool_specs']}}," in payload
+    # the training-job step gets every setting it checks and writes from the run's parameters
+    settings = spec["root"]["dag"]["tasks"]["training-job"]["inputs"]["parameters"]
+    assert settings == {
+        name: {"componentInputParameter": name}
+        for name in ("image_size", "alpha", "epochs", "steps_per_epoch", "batch_size",
+                     "learning_rate", "init", "resize", "machine_type", "accelerator_type",
+                     "accelerator_count", "replica_count", "scheduling_strategy")
+    }  # fmt: skip
 
 
-def test_a_replica_count_below_one_stops_the_run_with_a_message(spec):
-    container = executor(spec, "worker-replicas")
-    result = subprocess.run([sys.executable, *container["command"][1:], "0", "/dev/null"],
-                            capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.strip() == "replica_count must be at least 1, got 0"
+# The artifacts of the training-job step as Vertex gives them: gs:// URIs seen under /gcs.
+DATA_URI = "gs://b/root/image-segmentation-1/prepare-2/prepared"
+MODEL_URI = "gs://b/root/image-segmentation-1/training-job-3/model"
 
 
-def test_locally_training_is_a_plain_step(local_spec):
-    assert "resources" not in executor(local_spec, "train")
-    assert stage_container(local_spec, "train")["command"][-1] == "train"
-    assert "comp-worker-replicas" not in local_spec["components"]
+def run_training_job(
+    spec: dict, tmp_path: Path, values: dict, more_outputs: dict[str, Path] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the training-job step's own command line from the template as Vertex would: the
+    run's `values` (the template's defaults for the rest) as text in its placeholders, output
+    files under `tmp_path`, the executor input as `{{$}}`. `more_outputs` adds output parameter
+    files that belong to someone else."""
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    wiring = spec["root"]["dag"]["tasks"]["training-job"]["inputs"]["parameters"]
+    types = spec["components"]["comp-training-job"]["inputDefinitions"]["parameters"]
+    inputs = {}
+    for name, source in wiring.items():
+        parameter = source["componentInputParameter"]
+        value = values.get(parameter, defaults[parameter].get("defaultValue"))
+        if types[name]["parameterType"] == "NUMBER_INTEGER" and isinstance(value, float):
+            value = int(value)  # the template's JSON holds every number as a float
+        inputs[name] = value
+    declared = spec["components"]["comp-training-job"]["outputDefinitions"]["parameters"]
+    outputs = {name: str(tmp_path / "outputs" / name) for name in declared}
+    outputs |= {name: str(path) for name, path in (more_outputs or {}).items()}
+    uris = {("inputs", "data"): DATA_URI, ("outputs", "model"): MODEL_URI}
+    request = {
+        "inputs": {
+            "parameterValues": inputs,
+            "artifacts": {"data": {"artifacts": [{"name": "data", "uri": DATA_URI, "metadata": {},
+                                                  "type": {"schemaTitle": "system.Dataset"}}]}},
+        },
+        "outputs": {
+            "artifacts": {"model": {"artifacts": [{"name": "model", "uri": MODEL_URI,
+                                                   "metadata": {},
+                                                   "type": {"schemaTitle": "system.Model"}}]}},
+            "parameters": {name: {"outputFile": path} for name, path in outputs.items()},
+            "outputFile": str(tmp_path / "executor_output.json"),
+        },
+    }  # fmt: skip
+
+    def artifact(match: re.Match) -> str:
+        uri = uris[match.group(1), match.group(2)]
+        return uri if match.group(3) == "uri" else str(kfp_executor.local_path(uri))
+
+    def fill(arg: str) -> str:
+        arg = PARAM.sub(lambda m: str(inputs[m.group(1)]), arg)
+        arg = OUTPUT_PARAM.sub(lambda m: outputs[m.group(1)], arg)
+        arg = ARTIFACT.sub(artifact, arg)
+        return json.dumps(request) if arg == "{{$}}" else arg
+
+    container = executor(spec, "training-job")
+    command = [fill(part) for part in [*container["command"], *container["args"]]]
+    assert not [part for part in command if "{{" in part]  # every placeholder filled
+    assert command[0] == "python"
+    return subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
 
 
-def test_evaluate_and_convert_take_their_resources_from_parameters(either_spec):
-    spec = either_spec
+MACHINES = {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
+            "accelerator_count": 1, "scheduling_strategy": "SPOT"}  # fmt: skip
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_the_training_job_step_writes_worker_pools_a_custom_job_accepts(spec, tmp_path, replicas):
+    """One machine: the chief's pool alone; three: the chief and a pool of two workers. Every
+    value is final: JSON integers for the counts, the train command line as text with the
+    /gcs paths of the data and model folders; proto-plus, which the launcher's client uses,
+    takes the list as it is."""
+    from google.cloud.aiplatform_v1.types import CustomJob
+
+    values = {**MACHINES, "replica_count": replicas, "epochs": 4, "alpha": 0.5}
+    result = run_training_job(spec, tmp_path, values)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "executor_output.json").read_text())
+    pools = written["parameterValues"]["worker_pool_specs"]
+    assert written["parameterValues"]["base_output_directory"] == MODEL_URI
+    assert written["artifacts"]["model"]["artifacts"][0]["uri"] == MODEL_URI
+    assert json.loads((tmp_path / "outputs" / "worker_pool_specs").read_text()) == pools
+    assert (tmp_path / "outputs" / "base_output_directory").read_text() == MODEL_URI
+
+    command = ["python", "-m", "image_segmentation", "train",
+               "--data-dir", "/gcs/b/root/image-segmentation-1/prepare-2/prepared",
+               "--output-dir", "/gcs/b/root/image-segmentation-1/training-job-3/model",
+               "--image-size", "768", "--alpha", "0.5", "--epochs", "4", "--batch-size", "8",
+               "--learning-rate", "0.001", "--steps-per-epoch", "200", "--init", "imagenet",
+               "--resize", "stretch"]  # fmt: skip
+    chief = {
+        "machine_spec": {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
+                         "accelerator_count": 1},
+        "replica_count": 1,
+        "container_spec": {"image_uri": TRAIN_IMAGE, "command": command},
+    }  # fmt: skip
+    expected = [chief] if replicas == 1 else [chief, {**chief, "replica_count": 2}]
+    assert pools == expected
+    for pool in pools:  # JSON integers, not 1.0 or "1": proto-plus refuses those
+        assert type(pool["replica_count"]) is int
+        assert type(pool["machine_spec"]["accelerator_count"]) is int
+    # the command line is one the train stage takes
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    parsed = parser.parse_args(command[4:])
+    assert (parsed.epochs, parsed.alpha, parsed.init) == (4, 0.5, "imagenet")
+
+    job = CustomJob({"display_name": "t", "job_spec": {
+        "worker_pool_specs": pools, "base_output_directory": {"output_uri_prefix": MODEL_URI},
+    }})  # fmt: skip
+    built = job.job_spec.worker_pool_specs
+    assert [pool.replica_count for pool in built] == [1, 2][: len(pools)]
+    assert built[0].machine_spec.accelerator_type.name == "NVIDIA_TESLA_A100"
+    assert list(built[-1].container_spec.command) == command
+    assert job.job_spec.base_output_directory.output_uri_prefix == MODEL_URI
+
+
+BAD_SETTINGS = [
+    pytest.param({"replica_count": 0}, ["replica_count must be at least 1, got 0"],
+                 id="no-machine"),
+    pytest.param({"accelerator_type": "", "accelerator_count": 1},
+                 ["accelerator_count 1 needs an accelerator_type"], id="gpu-of-no-type"),
+    pytest.param({"scheduling_strategy": "CHEAP"},
+                 ["scheduling_strategy must be one of STANDARD, SPOT, FLEX_START, got 'CHEAP'"],
+                 id="strategy"),
+    pytest.param({"epochs": "x"}, ["train option: argument --epochs: invalid int value: 'x'"],
+                 id="train-option"),
+    pytest.param({"replica_count": 0, "accelerator_type": "", "scheduling_strategy": "CHEAP"},
+                 ["replica_count must be at least 1",
+                  "accelerator_count 1 needs an accelerator_type", "got 'CHEAP'"],
+                 id="three-machine-settings"),
+    pytest.param(
+        {"replica_count": 0, "accelerator_type": "", "scheduling_strategy": "CHEAP",
+         "epochs": "x"},
+        ["replica_count must be at least 1", "accelerator_count 1 needs an accelerator_type",
+         "got 'CHEAP'", "--epochs: invalid int value: 'x'"],
+        id="machine-settings-and-train-option",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("values", "problems"), BAD_SETTINGS)
+def test_bad_training_settings_stop_the_step_at_once(spec, tmp_path, values, problems):
+    """Settings Vertex or the train stage would refuse fail the light step in seconds, in one
+    line naming every problem, before any GPU is paid for; the step writes no output, so no
+    job is created."""
+    started = time.monotonic()
+    result = run_training_job(spec, tmp_path, {**MACHINES, **values})
+    assert time.monotonic() - started < 5
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert [problem for problem in problems if problem not in line] == []
+    assert list(tmp_path.iterdir()) == []  # no executor output, no output parameter
+
+
+def test_evaluate_and_convert_take_their_resources_from_parameters(spec):
     assert executor(spec, "evaluate")["resources"] == {
         "resourceCpuLimit": "{{$.inputs.parameters['pipelinechannel--evaluate_cpu']}}",
         "resourceMemoryLimit": "{{$.inputs.parameters['pipelinechannel--evaluate_memory']}}",
@@ -409,10 +522,9 @@ def test_evaluate_and_convert_take_their_resources_from_parameters(either_spec):
     assert wrapper["memory"] == {"componentInputParameter": "pipelinechannel--convert_memory"}
 
 
-def test_every_step_gets_the_parameters_it_refers_to(either_spec):
+def test_every_step_gets_the_parameters_it_refers_to(spec):
     """A parameter a task takes from its DAG must be one of that DAG's inputs; the compiler
     does not check this (it misses parameters that only set resources inside a condition)."""
-    spec = either_spec
     dags = {"root": spec["root"]} | {
         name: component for name, component in spec["components"].items() if "dag" in component
     }
@@ -448,6 +560,8 @@ def test_parameters_default_to_the_legacy_living_room_example(spec):
     assert defaults["accelerator_type"] == "NVIDIA_L4"
     assert defaults["accelerator_count"] == 1
     assert defaults["replica_count"] == 1
+    assert defaults["scheduling_strategy"] == "STANDARD"  # on demand
+    assert defaults["train_timeout"] == "172800s"
     assert defaults["tensorboard"] == ""
     assert len(parameters) >= 20
 
@@ -467,14 +581,16 @@ def _resolve(arg: str, parameter_types: dict[str, str]) -> str:
     choices = {"resize": "crop"}  # strings the stage accepts only from a list
     arg = PARAM.sub(lambda m: choices.get(m.group(1), samples[parameter_types[m.group(1)]]), arg)
     arg = OUTPUT_PARAM.sub(lambda m: f"/parameters/{m.group(1)}", arg)
-    return ARTIFACT.sub(lambda m: f"/artifacts/{m.group(2)}", arg)
+    root = {"path": "/artifacts", "uri": "gs://artifacts"}
+    return ARTIFACT.sub(lambda m: f"{root[m.group(3)]}/{m.group(2)}", arg)
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_step_command_is_the_stage_cli(spec, step):
-    """Each step runs `python -m image_segmentation --executor-input {{$}} ... STAGE`, and its
-    arguments parse with the stage's own argparse options."""
-    container = stage_container(spec, step)
+    """Each step runs `python -m image_segmentation --executor-input {{$}} ... STAGE`, its
+    arguments parse with the stage's own argparse options, and the stage declares exactly the
+    step's output parameters, the ones its executor output must carry."""
+    container = executor(spec, step)
     command = container["command"]
     assert command[:5] == ["python", "-m", "image_segmentation", "--executor-input", "{{$}}"]
     given = ["{}" if part == "{{$}}" else part for part in command[3:]]  # as Kubeflow fills it
@@ -483,12 +599,18 @@ def test_step_command_is_the_stage_cli(spec, step):
     stage = rest[0]
     assert stage in cli.STAGES
     parser = argparse.ArgumentParser()
-    importlib.import_module(cli.STAGES[stage][0]).add_arguments(parser)
+    module = importlib.import_module(cli.STAGES[stage][0])
+    module.add_arguments(parser)
     inputs = spec["components"][f"comp-{step}"]["inputDefinitions"].get("parameters", {})
     types = {name: p["parameterType"] for name, p in inputs.items()}
     args = [_resolve(arg, types) for arg in container["args"]]
     parsed = parser.parse_args(args)  # exits (fails the test) on an unknown or bad option
     assert any(Path(str(value)).parts[:2] == ("/", "artifacts") for value in vars(parsed).values())
+    outputs = spec["components"][f"comp-{step}"].get("outputDefinitions", {}).get("parameters", {})
+    declared = getattr(module, "OUTPUT_PARAMETERS", {})
+    assert {name: KFP_TYPES[kind] for name, kind in declared.items()} == {
+        name: output["parameterType"] for name, output in outputs.items()
+    }
 
 
 def test_compile_needs_the_registry(capsys):
@@ -557,7 +679,7 @@ def test_metrics_written_by_the_stage_at_the_metrics_path(tmp_path):
     options = kfp_executor.ExecutorOptions(
         executor_input(tmp_path, {"metrics": "system.Metrics", "model": "system.Model"})
     )
-    output = kfp_executor.executor_output(options)
+    output = kfp_executor.executor_output(options, {})
     assert output["artifacts"]["metrics"]["artifacts"][0]["metadata"] == {
         "val_mean_iou": 0.5,
         "epochs": 3.0,
@@ -582,7 +704,8 @@ def test_evaluate_outputs_reach_kubeflow_through_the_executor_output(spec, tmp_p
     (tmp_path / "report").write_text("<html></html>")
     (tmp_path / "parameters").mkdir()
     (tmp_path / "parameters" / "miou").write_text(repr(0.4321))  # as evaluate --miou-output
-    path = kfp_executor.write_executor_output(kfp_executor.ExecutorOptions(request))
+    options = kfp_executor.ExecutorOptions(request)
+    path = kfp_executor.write_executor_output(options, evaluate.OUTPUT_PARAMETERS)
 
     written = json.loads(path.read_text())
     assert written["parameterValues"] == {"miou": 0.4321}
@@ -605,13 +728,94 @@ def test_evaluate_outputs_reach_kubeflow_through_the_executor_output(spec, tmp_p
     assert read["metrics"].metadata["pixel_accuracy"] == 0.8
 
 
-@pytest.mark.parametrize("text", ["nan", '"high"', "true", "0.5 0.6"])
-def test_a_parameter_output_must_be_a_finite_number(tmp_path, text):
-    request = executor_input(tmp_path, {}, parameters=("miou",))
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("miou", "nan"), ("miou", '"high"'), ("miou", "true"), ("miou", "0.5 0.6"),
+     ("miou", "[0.5]"), ("worker_pool_specs", '{"replica_count": 1}'),
+     ("worker_pool_specs", "[1, 2")],
+)  # fmt: skip
+def test_a_declared_parameter_output_must_be_of_its_kind(tmp_path, name, text):
+    """The quality gate compares `miou` as a number: a finite JSON number or nothing at all;
+    the CustomJob takes `worker_pool_specs` as a JSON list."""
+    declared = evaluate.OUTPUT_PARAMETERS | training_job.OUTPUT_PARAMETERS
+    request = executor_input(tmp_path, {}, parameters=(name,))
     (tmp_path / "parameters").mkdir()
-    (tmp_path / "parameters" / "miou").write_text(text)
-    with pytest.raises(ValueError, match="output parameter 'miou'"):
-        kfp_executor.executor_output(kfp_executor.ExecutorOptions(request))
+    (tmp_path / "parameters" / name).write_text(text)
+    with pytest.raises(ValueError, match=f"output parameter '{name}'"):
+        kfp_executor.executor_output(kfp_executor.ExecutorOptions(request), declared)
+
+
+def test_list_and_text_parameter_outputs_reach_kubeflow(spec, tmp_path):
+    """The training-job step's outputs, read back by kfp from executor_output.json alone, as
+    the CustomJob task gets them."""
+    request = executor_input(tmp_path, {"model": "system.Model"},
+                             parameters=("worker_pool_specs", "base_output_directory"))  # fmt: skip
+    pools = [
+        {
+            "machine_spec": {"machine_type": "n1-standard-4"},
+            "replica_count": 1,
+            "container_spec": {"image_uri": TRAIN_IMAGE, "command": ["python", "-m", "x"]},
+        }
+    ]
+    (tmp_path / "parameters").mkdir()
+    (tmp_path / "parameters" / "worker_pool_specs").write_text(json.dumps(pools))
+    (tmp_path / "parameters" / "base_output_directory").write_text(MODEL_URI)
+    options = kfp_executor.ExecutorOptions(request)
+    path = kfp_executor.write_executor_output(options, training_job.OUTPUT_PARAMETERS)
+    written = json.loads(path.read_text())
+    assert written["parameterValues"] == {"worker_pool_specs": pools,
+                                          "base_output_directory": MODEL_URI}  # fmt: skip
+
+    for name in ("worker_pool_specs", "base_output_directory"):
+        (tmp_path / "parameters" / name).unlink()
+    component = json_format.ParseDict(
+        spec["components"]["comp-training-job"], pipeline_spec_pb2.ComponentSpec()
+    )
+    read = executor_output_utils.get_outputs_from_executor_output(
+        executor_output_utils.load_executor_output(str(path)),
+        json_format.ParseDict(request, pipeline_spec_pb2.ExecutorInput()),
+        component,
+    )
+    assert read["worker_pool_specs"] == pools
+    assert read["base_output_directory"] == MODEL_URI
+    assert read["model"].uri == str(tmp_path / "model")
+
+
+# What Google's CustomJob launcher writes in its `gcp_resources` output file: the job it made.
+GCP_RESOURCES = json.dumps({"resources": [{
+    "resourceType": "CustomJob",
+    "resourceUri": "https://x/v1/projects/p/locations/l/customJobs/1",
+}]})  # fmt: skip
+
+
+def test_a_parameter_output_the_stage_does_not_declare_is_left_alone(spec, tmp_path):
+    """The launcher's executor input lists `gcp_resources`, in a file the training machines
+    see; a stage that gets such an executor input neither refuses that JSON object as a bad
+    output of its own nor touches the file, which names the job a retry polls."""
+    resources = tmp_path / "gcp_resources"
+    resources.write_text(GCP_RESOURCES)
+    before = resources.read_bytes()
+    result = run_training_job(spec, tmp_path, {**MACHINES, "replica_count": 1},
+                              more_outputs={"gcp_resources": resources})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "executor_output.json").read_text())
+    assert set(written["parameterValues"]) == {"worker_pool_specs", "base_output_directory"}
+    assert resources.read_bytes() == before
+
+    # a stage that declares none, and evaluate, which declares a number
+    for declared in ({}, evaluate.OUTPUT_PARAMETERS):
+        request = executor_input(tmp_path / "step", {"model": "system.Model"},
+                                 parameters=("miou",))  # fmt: skip
+        request["outputs"]["parameters"]["gcp_resources"] = {"outputFile": str(resources)}
+        (tmp_path / "step" / "parameters").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "step" / "parameters" / "miou").write_text("0.25")
+        options = kfp_executor.ExecutorOptions(request)
+        kfp_executor.check_executor_input(options)
+        path = kfp_executor.write_executor_output(options, declared)
+        written = json.loads(path.read_text())
+        assert written.get("parameterValues", {}) == ({"miou": 0.25} if declared else {})
+        assert written["artifacts"]["model"]["artifacts"][0]["uri"] == str(tmp_path / "step/model")
+        assert resources.read_bytes() == before
 
 
 def test_gcs_artifacts_are_read_through_the_gcsfuse_mount():
@@ -637,7 +841,7 @@ def test_metrics_from_must_name_an_output(tmp_path):
         executor_input(tmp_path, {"model": "system.Model"}), metrics_from="nope/metrics.json"
     )
     with pytest.raises(ValueError, match="OUTPUT one of \\['model'\\]"):
-        kfp_executor.executor_output(options)
+        kfp_executor.executor_output(options, {})
 
 
 def test_cloud_build_builds_and_pushes_every_image():
@@ -660,24 +864,12 @@ def test_cloud_build_builds_and_pushes_every_image():
     )
 
 
-def test_the_local_runner_patch_refuses_another_kfp_release(monkeypatch):
-    import kfp
-
-    from pipelines import local
-
-    with local.exit_status_kept():  # the locked release: patched while the run lasts
-        assert local.docker_task_handler.run_docker_container is local.run_container
-    assert local.docker_task_handler.run_docker_container is not local.run_container
-    monkeypatch.setattr(kfp, "__version__", "2.99.0")
-    with pytest.raises(ValueError, match=r"kfp 2\.99\.0 is installed"), local.exit_status_kept():
-        pass
-    assert local.docker_task_handler.run_docker_container is not local.run_container
-
-
-def test_vertex_runs_start_from_imagenet_local_runs_from_random_weights(spec, local_spec):
-    """The train image carries the ImageNet ResNet-50 file; the export image, which trains in
-    local runs, does not, and a run downloads nothing."""
-    for compiled, init in ((spec, "imagenet"), (local_spec, "random")):
-        parameters = compiled["root"]["inputDefinitions"]["parameters"]
-        assert parameters["init"]["defaultValue"] == init
-        assert parameters["resize"]["defaultValue"] == "stretch"
+def test_runs_start_from_imagenet_weights(spec):
+    """The train image carries the ImageNet ResNet-50 file, so a run downloads nothing;
+    `make pipeline-local` trains in the export image, which does not, and passes init=random."""
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["init"]["defaultValue"] == "imagenet"
+    assert parameters["resize"]["defaultValue"] == "stretch"
+    make = subprocess.run(["make", "--no-print-directory", "-n", "pipeline-local"], cwd=REPO,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "--param init=random" in make.stdout

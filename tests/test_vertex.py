@@ -75,7 +75,7 @@ def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, caps
     params = (
         "epochs=3 alpha=0.5 model_version=v9 machine_type=a2-highgpu-2g "
         f"accelerator_type=NVIDIA_TESLA_A100 accelerator_count=2 replica_count=3 "
-        f"tensorboard={tensorboard} train_timeout=7200s"
+        f"scheduling_strategy=SPOT tensorboard={tensorboard} train_timeout=7200s"
     )
     compile_args, run_args = make_commands(
         "pipeline-run", tmp_path, **vertex_settings(PARAMS=params)
@@ -104,6 +104,7 @@ def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, caps
         "accelerator_type": "NVIDIA_TESLA_A100",
         "accelerator_count": 2,
         "replica_count": 3,
+        "scheduling_strategy": "SPOT",
         "tensorboard": tensorboard,
         "train_timeout": "7200s",
     }
@@ -111,24 +112,39 @@ def test_pipeline_run_submits_the_job(fake, pipeline_root_bucket, tmp_path, caps
     assert spec == yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert {f"{REGISTRY}/image-segmentation-{name}:{TAG}" for name in ("light", "export")} < images
+    (launcher,) = {image for image in images if not image.startswith(f"{REGISTRY}/")}
+    assert launcher.startswith("gcr.io/ml-pipeline/google-cloud-pipeline-components:")
 
-    # The CustomJob Vertex makes of the train step: a chief and two workers, as asked.
-    (job,) = vertex_fake.render_custom_jobs(body).values()
-    chief, workers = job["job_spec"]["worker_pool_specs"]
-    assert [int(chief["replica_count"]), int(workers["replica_count"])] == [1, 2]
-    for pool in (chief, workers):
-        assert pool["machine_spec"] == {"machine_type": "a2-highgpu-2g",
-                                        "accelerator_type": "NVIDIA_TESLA_A100",
-                                        "accelerator_count": "2"}  # fmt: skip
-        container = pool["container_spec"]
-        assert container["image_uri"] == f"{REGISTRY}/image-segmentation-train:{TAG}"
-        args = container["args"]
-        assert args[args.index("--epochs") + 1] == "3" and args[args.index("--alpha") + 1] == "0.5"
-        assert args[args.index("--output-dir") + 1] == "{{$.outputs.artifacts['model'].path}}"
-    assert job["job_spec"]["tensorboard"] == tensorboard
-    assert job["job_spec"]["service_account"] == SERVICE_ACCOUNT
-    assert job["job_spec"]["scheduling"]["timeout"] == "7200s"
-    assert job["job_spec"]["scheduling"]["restart_job_on_worker_restart"] is True
+    # The train step: a CustomJob whose worker pools the training-job step writes at run time
+    # from the run's values (sized and checked there: tests/test_pipeline.py); the job takes
+    # them whole, with the strategy, TensorBoard and timeout of the run and its service account.
+    tasks = spec["root"]["dag"]["tasks"]
+    ((name, train),) = vertex_fake.custom_job_tasks(spec).items()
+    assert train["taskInfo"]["name"] == "train"
+    assert train["dependentTasks"] == ["training-job"]
+    assert name in tasks["evaluate"]["dependentTasks"]
+    wired = train["inputs"]["parameters"]
+    for output in ("worker_pool_specs", "base_output_directory"):
+        assert wired[output] == {
+            "taskOutputParameter": {"producerTask": "training-job", "outputParameterKey": output}
+        }
+    assert wired["strategy"] == {"componentInputParameter": "scheduling_strategy"}
+    assert wired["tensorboard"] == {"componentInputParameter": "tensorboard"}
+    assert wired["timeout"] == {"componentInputParameter": "train_timeout"}
+    assert wired["service_account"] == {
+        "runtimeValue": {"constant": "{{$.pipeline_service_account}}"}
+    }  # Vertex fills in the run's, body["serviceAccount"] above
+    assert wired["restart_job_on_worker_restart"] == {"runtimeValue": {"constant": True}}
+    assert train["retryPolicy"]["maxRetryCount"] == 2
+    settings = tasks["training-job"]["inputs"]["parameters"]
+    for parameter in ("machine_type", "accelerator_type", "accelerator_count", "replica_count",
+                      "scheduling_strategy", "epochs", "alpha"):  # fmt: skip
+        assert settings[parameter] == {"componentInputParameter": parameter}
+    step = spec["deploymentSpec"]["executors"]["exec-training-job"]["container"]
+    assert step["image"] == f"{REGISTRY}/image-segmentation-light:{TAG}"
+    assert step["args"][step["args"].index("--train-image") + 1] == (
+        f"{REGISTRY}/image-segmentation-train:{TAG}"
+    )
     out = capsys.readouterr().out
     assert (
         f"https://console.cloud.google.com/vertex-ai/locations/{REGION}/pipelines/runs/"

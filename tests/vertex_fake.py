@@ -8,17 +8,14 @@
 
 Every request is recorded (method, path, query, headers, body) for the tests to check.
 
-`render_custom_jobs` shows what Vertex would make of a submitted job's CustomJob steps: it
-resolves each one's launcher payload from the run's parameter values, as the service does
-before it creates the CustomJob.
+The fake does not run a submitted job: the train step's worker pools are written by a step of
+the run itself (tests/test_pipeline.py runs it; pipelines/emulator/ runs a whole template).
+`custom_job_tasks` finds the tasks of a template that Vertex would run as CustomJobs.
 """
 
 import hashlib
 import json
 import re
-import subprocess
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -147,124 +144,20 @@ def start() -> tuple[FakeGoogleApis, str, _Server]:
 
 
 CUSTOM_JOB_LAUNCHER = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
-_INPUT = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 
 
-def render_custom_jobs(body: dict) -> dict[str, dict]:
-    """The CustomJob body each CustomJob step of a submitted PipelineJob would create, by the
-    name of the condition branch it sits in.
-
-    Parameters come from the run's values, then the template's defaults; a step output that a
-    job needs (the worker pool size) comes from running that step's own command here.
-    Artifact placeholders are left as they are: Vertex fills them when the job starts.
-    """
-    spec = body["pipelineSpec"]
-    root = spec["root"]["inputDefinitions"]["parameters"]
-    run_values = {name: p.get("defaultValue") for name, p in root.items()}
-    run_values |= body["runtimeConfig"].get("parameterValues", {})
-    for name, value in run_values.items():  # JSON holds every number as a float
-        if root[name]["parameterType"] == "NUMBER_INTEGER" and value is not None:
-            run_values[name] = int(value)
-    pipeline_values = {
-        "{{$.pipeline_service_account}}": body.get("serviceAccount", ""),
-        "{{$.pipeline_root}}": body["runtimeConfig"]["gcsOutputDirectory"],
-    }
-    jobs = {}
-    for branch, tasks in _dags(spec, spec["root"]["dag"]["tasks"], "root", run_values):
-        for task in tasks.values():
-            container = _container(spec, task)
-            if CUSTOM_JOB_LAUNCHER not in container["command"]:
+def custom_job_tasks(spec: dict) -> dict[str, dict]:
+    """The tasks of a pipeline template (in nested DAGs too) that Google's CustomJob launcher
+    runs, by task name: what Vertex turns into a CustomJob when the run gets there."""
+    found = {}
+    dags = [spec["root"]["dag"]["tasks"]]
+    while dags:
+        for name, task in dags.pop().items():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                dags.append(component["dag"]["tasks"])
                 continue
-            inputs = _task_inputs(spec, task, tasks, run_values)
-            payload = _fill(container["args"][container["args"].index("--payload") + 1], inputs)
-            for placeholder, value in pipeline_values.items():
-                payload = payload.replace(placeholder, value)
-            jobs[branch] = json.loads(payload)
-    return jobs
-
-
-def _dags(spec: dict, tasks: dict, name: str, run_values: dict):
-    """(branch name, tasks) of a DAG and of every DAG nested in it whose condition holds."""
-    yield name, tasks
-    for task in tasks.values():
-        component = spec["components"][task["componentRef"]["name"]]
-        condition = task.get("triggerPolicy", {}).get("condition")
-        if "dag" in component and (condition is None or _holds(condition, run_values)):
-            yield from _dags(spec, component["dag"]["tasks"], task["taskInfo"]["name"], run_values)
-
-
-def _holds(condition: str, run_values: dict) -> bool:
-    """A branch condition on run parameters, e.g. `int(inputs.parameter_values['...']) == 1`
-    or its negation `!(...)`; one on a step's output (the quality gate) is taken as true."""
-    parameter = re.compile(r"inputs\.parameter_values\['pipelinechannel--([\w-]+)'\]")
-    if any(name not in run_values for name in parameter.findall(condition)):
-        return True
-    python = parameter.sub(lambda m: repr(run_values[m.group(1)]), condition)
-    return bool(eval(python.replace("!(", "not ("), {"int": int}))
-
-
-def _container(spec: dict, task: dict) -> dict:
-    component = spec["components"][task["componentRef"]["name"]]
-    if "executorLabel" not in component:
-        return {"command": [], "args": []}
-    return spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
-
-
-def _task_inputs(spec: dict, task: dict, siblings: dict, run_values: dict) -> dict:
-    """The task's parameter values: wired ones first, the component's defaults for the rest."""
-    definitions = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]
-    types = {name: p["parameterType"] for name, p in definitions["parameters"].items()}
-    values = {name: p.get("defaultValue") for name, p in definitions["parameters"].items()}
-    wired = task.get("inputs", {}).get("parameters", {})
-    for name, source in wired.items():
-        if "componentInputParameter" in source:
-            values[name] = run_values[source["componentInputParameter"].split("--")[-1]]
-        elif "taskOutputParameter" in source:
-            producer = siblings[source["taskOutputParameter"]["producerTask"]]
-            values[name] = _run_step(spec, producer, siblings, run_values)
-    for name, value in values.items():  # JSON holds every number as a float
-        if types.get(name) == "NUMBER_INTEGER" and value is not None:
-            values[name] = int(value)
-    for name, source in wired.items():  # constants may refer to the values above
-        if "runtimeValue" in source:
-            values[name] = _substitute(source["runtimeValue"]["constant"], values)
-    return values
-
-
-def _run_step(spec: dict, task: dict, siblings: dict, run_values: dict) -> object:
-    """Run a small container step's command here and read its one output parameter."""
-    container = _container(spec, task)
-    inputs = _task_inputs(spec, task, siblings, run_values)
-    with tempfile.TemporaryDirectory() as scratch:
-        output = f"{scratch}/output"
-        args = [
-            re.sub(r"\{\{\$\.outputs\.parameters\['[^']+'\]\.output_file\}\}", output, arg)
-            for arg in container["args"]
-        ]
-        command = [sys.executable, *container["command"][1:], *_substitute(args, inputs)]
-        subprocess.run(command, check=True, capture_output=True)
-        with open(output) as file:
-            return json.loads(file.read())
-
-
-def _substitute(value: object, inputs: dict) -> object:
-    """`{{$.inputs.parameters['x']}}` inside strings of a JSON value, as text."""
-    if isinstance(value, str):
-        return _INPUT.sub(lambda m: str(inputs[m.group(1)]), value)
-    if isinstance(value, list):
-        return [_substitute(item, inputs) for item in value]
-    if isinstance(value, dict):
-        return {key: _substitute(item, inputs) for key, item in value.items()}
-    return value
-
-
-def _fill(payload: str, inputs: dict) -> str:
-    """The launcher's payload with its parameters in: as JSON, or as text inside quotes."""
-
-    def value(match: re.Match) -> str:
-        item = inputs.get(match.group(1))
-        if match.string[match.start() - 1] == '"':
-            return json.dumps("" if item is None else str(item))[1:-1]
-        return json.dumps(item)
-
-    return _INPUT.sub(value, payload)
+            container = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+            if CUSTOM_JOB_LAUNCHER in container["container"]["command"]:
+                found[name] = task
+    return found
