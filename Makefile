@@ -75,7 +75,10 @@ PIPELINE_ROOT ?= $(WORK)/pipeline-local
 # pipeline-local: no GPU here, so the export image (TensorFlow CPU) also trains
 LOCAL_IMAGES ?= light export
 WHEEL_PLATFORMS := manylinux2014_x86_64 $(foreach v,24 25 26 27 28 29 30 31 32 33 34 35 36,manylinux_2_$(v)_x86_64)
-require = $(foreach v,$(1),$(if $($(v)),,$(error $(v) is not set: make $@ $(v)=...)))
+missing = $(strip $(foreach v,$(1),$(if $($(v)),,$(v))))
+require = $(if $(call missing,$(1)),$(error $(call missing,$(1)) not set: make $@ $(foreach v,$(call missing,$(1)),$(v)=...)))
+# BUCKET may be given as gs://NAME too
+BUCKET_NAME = $(patsubst %/,%,$(patsubst gs://%,%,$(BUCKET)))
 stage_of = $(if $(filter convert,$(1)),export,$(1))
 image_of = $(if $(filter train,$(1)),train,$(if $(filter evaluate export convert,$(1)),export,light))
 params = $(addprefix --param ,$(PARAMS)) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE))
@@ -129,8 +132,8 @@ pipeline-compile: setup ## Write PIPELINE_FILE with IMAGE_REGISTRY and TAG baked
 pipeline-run: pipeline-compile ## Start a Vertex AI run (PARAMS="epochs=20 ...", PARAMS_FILE=x.json)
 	$(call require,PROJECT REGION BUCKET SERVICE_ACCOUNT)
 	$(PY) -m pipelines run --template $(PIPELINE_FILE) --project $(PROJECT) \
-	  --region $(REGION) --pipeline-root gs://$(BUCKET)/pipeline-root \
-	  --service-account $(SERVICE_ACCOUNT) --param destination=gs://$(BUCKET)/models \
+	  --region $(REGION) --pipeline-root gs://$(BUCKET_NAME)/pipeline-root \
+	  --service-account $(SERVICE_ACCOUNT) --param destination=gs://$(BUCKET_NAME)/models \
 	  $(params) --label image-tag=$(TAG)
 
 pipeline-upload: pipeline-compile ## Publish the template to Artifact Registry (KFP_REPOSITORY)

@@ -15,6 +15,7 @@ download tag for make and Cloud Build without the project's virtual environment.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def download_tag(root: Path = REPO) -> str:
     return f"download-{digest.hexdigest()[:12]}"
 
 
+# Container image references as registries accept them: a host, then lower-case path parts.
+REGISTRY = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 @dataclass(frozen=True)
 class Images:
     """Image names under `registry` (e.g. europe-west4-docker.pkg.dev/PROJECT/REPO) at `tag`."""
@@ -72,10 +81,19 @@ class Images:
     substitutes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.registry or self.registry.endswith("/"):
-            raise ValueError(f"image registry must be a non-empty prefix, got {self.registry!r}")
-        if not self.tag or ":" in self.tag or "/" in self.tag:
-            raise ValueError(f"bad image tag {self.tag!r}")
+        problems = []
+        if not REGISTRY.fullmatch(self.registry):
+            problems.append(
+                f"bad image registry {self.registry!r}: want HOST[:PORT]/PATH with lower-case "
+                "path parts, e.g. europe-west4-docker.pkg.dev/my-project/image-segmentation"
+            )
+        if not TAG.fullmatch(self.tag):
+            problems.append(
+                f"bad image tag {self.tag!r}: want letters, digits, '_', '.' and '-', "
+                "at most 128, not starting with '.' or '-'"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def image(self, name: str, tag: str | None = None) -> str:
         """The full name of image `name` (light, train, export), at `tag` or the set's tag."""

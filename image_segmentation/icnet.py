@@ -23,9 +23,10 @@ from collections.abc import Iterator
 import keras
 from keras import layers, ops
 
+from image_segmentation import shapes
 from image_segmentation.errors import StageError
 
-SIZE_MULTIPLE = 32  # the 1/4 branch ends at S/32: every branch then lines up exactly
+SIZE_MULTIPLE = shapes.SIZE_MULTIPLE
 PYRAMID_BINS = (1, 2, 3, 6)
 INFERENCE_OUTPUT = "conv6_cls"  # S/4; the label-guidance heads are "sub24_out" and "sub4_out"
 OUTPUTS = (INFERENCE_OUTPUT, "sub24_out", "sub4_out")  # the training model's, S/4 first
@@ -185,21 +186,9 @@ def dtype_policy(name: str) -> Iterator[None]:
 
 def check_arguments(num_classes: int, image_size: tuple[int, int], alpha: float) -> None:
     """Refuse what ICNet cannot build, with a message that says what would work."""
-    if num_classes < 2:
-        raise StageError(f"ICNet needs at least 2 classes (none + one label), got {num_classes}")
-    if not alpha > 0:
-        raise StageError(f"alpha scales every layer's width and must be > 0, got {alpha}")
-    if len(image_size) != 2:
-        raise StageError(f"image size must be (height, width), got {tuple(image_size)}")
-    if any(int(dim) != dim or dim <= 0 or dim % SIZE_MULTIPLE for dim in image_size):
-        suggestion = "x".join(
-            str(max(1, math.ceil(dim / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for dim in image_size
-        )
-        raise StageError(
-            f"image size {image_size[0]}x{image_size[1]} is not supported: ICNet needs height "
-            f"and width that are positive multiples of {SIZE_MULTIPLE} (its low-resolution "
-            f"branch works at 1/{SIZE_MULTIPLE} of the input), e.g. {suggestion}"
-        )
+    found = shapes.problems(num_classes, image_size, alpha)
+    if found:
+        raise StageError("; ".join(found))
 
 
 def build_icnet(num_classes: int, image_size: tuple[int, int], alpha: float = 1.0) -> keras.Model:

@@ -36,10 +36,12 @@ the shared output dir.
 """
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import model_folder
+from image_segmentation import model_folder, shapes
+from image_segmentation.errors import StageError
 
 CLASS_BALANCING = ("median-frequency", "none")
 
@@ -99,7 +101,7 @@ def parse_loss_weights(text: str) -> tuple[float, float, float]:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
         weights = ()
-    if len(weights) != 3 or any(weight < 0 for weight in weights):
+    if len(weights) != 3 or not all(math.isfinite(weight) and weight >= 0 for weight in weights):
         raise argparse.ArgumentTypeError(f"expected three weights >= 0 like 1.0,0.4,0.16: {text!r}")
     return weights
 
@@ -202,12 +204,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=defaults.seed, help="weights init, shuffling, augmentation")
 
 
-def run(args: argparse.Namespace) -> int:
-    from image_segmentation import (
-        trainer,
-    )  # TensorFlow: imported when the stage runs, not for --help
+def settings_problems(settings: TrainSettings) -> list[str]:
+    """What cannot train in `settings`, one line per problem; no TensorFlow needed, so a bad
+    setting is refused in a second. Every number must be finite: an infinite learning rate or
+    a NaN loss weight would train a NaN model."""
+    problems = shapes.problems(2, settings.image_size, settings.alpha)
+    if settings.epochs < 1:
+        problems.append(f"--epochs must be >= 1, got {settings.epochs}")
+    if settings.steps_per_epoch is not None and settings.steps_per_epoch < 1:
+        problems.append(f"--steps-per-epoch must be >= 1, got {settings.steps_per_epoch}")
+    if settings.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if not (math.isfinite(settings.learning_rate) and settings.learning_rate > 0):
+        rate = settings.learning_rate
+        problems.append(f"--learning-rate must be a finite number > 0, got {rate}")
+    if not any(settings.loss_weights):
+        problems.append("--loss-weights are all 0: nothing would be learnt")
+    if settings.init != "random" and settings.fine_tune_from:
+        problems.append("--init and --fine-tune-from both say where the weights start: pick one")
+    if not (math.isfinite(settings.max_class_weight) and settings.max_class_weight >= 1):
+        problems.append(
+            f"--max-class-weight must be a finite number >= 1, got {settings.max_class_weight}"
+        )
+    if settings.seed < 0:
+        problems.append(f"--seed must be >= 0, got {settings.seed}")
+    return problems
 
-    settings = TrainSettings(
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The settings the parsed command line asks for."""
+    return TrainSettings(
         image_size=args.image_size,
         alpha=args.alpha,
         epochs=args.epochs,
@@ -225,5 +251,14 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         seed=args.seed,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    problems = settings_problems(settings)
+    if problems:
+        raise StageError("; ".join(problems))
+    from image_segmentation import trainer  # TensorFlow: imported when the stage runs
+
     trainer.train(args.data_dir, args.output_dir, settings)
     return 0

@@ -36,7 +36,7 @@ from image_segmentation import (
 )
 from image_segmentation.data_folder import PreparedData
 from image_segmentation.errors import StageError
-from image_segmentation.train import Scaling, TrainSettings, scaling
+from image_segmentation.train import Scaling, TrainSettings, scaling, settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +45,9 @@ NORMALIZATION = dataset.Normalization()  # the legacy x/255 - 0.5; recorded in c
 
 
 def check_settings(settings: TrainSettings) -> None:
-    """Refuse settings that cannot train, before any data is read."""
-    icnet.check_arguments(2, settings.image_size, settings.alpha)
-    problems = []
-    if settings.epochs < 1:
-        problems.append(f"--epochs must be >= 1, got {settings.epochs}")
-    if settings.steps_per_epoch is not None and settings.steps_per_epoch < 1:
-        problems.append(f"--steps-per-epoch must be >= 1, got {settings.steps_per_epoch}")
-    if settings.batch_size < 1:
-        problems.append(f"--batch-size must be >= 1, got {settings.batch_size}")
-    if not settings.learning_rate > 0:
-        problems.append(f"--learning-rate must be > 0, got {settings.learning_rate}")
-    if not any(settings.loss_weights):
-        problems.append("--loss-weights are all 0: nothing would be learnt")
-    if settings.init != "random" and settings.fine_tune_from:
-        problems.append("--init and --fine-tune-from both say where the weights start: pick one")
-    if not settings.max_class_weight >= 1:
-        problems.append(f"--max-class-weight must be >= 1, got {settings.max_class_weight}")
+    """Refuse settings that cannot train, before any data is read (also when the trainer is
+    called directly, not through the command line)."""
+    problems = settings_problems(settings)
     if problems:
         raise StageError("; ".join(problems))
 

@@ -82,16 +82,19 @@ class _TrainParser(argparse.ArgumentParser):
 
 
 def train_option_problems(options: list[str]) -> list[str]:
-    """What the train stage's own parser refuses in `options`: each option on its own first,
-    so every bad one is named, then the whole line (e.g. a stray value)."""
+    """What the train stage refuses in `options` (`--name value` pairs): its parser's verdict
+    on each option, then the settings' own checks (`train.settings_problems`) on the options
+    that parsed, so every problem is named at once."""
     parser = _TrainParser(prog="train", add_help=False)
     train.add_arguments(parser)
-    problems = []
-    for index, option in enumerate(options):
-        if option.startswith("--"):
-            value = options[index + 1 : index + 2]
-            problems += _parse_problems(parser, [option, *value])
-    return problems or _parse_problems(parser, options)
+    problems, parsed = [], []
+    for index in range(0, len(options), 2):
+        pair = options[index : index + 2]
+        found = _parse_problems(parser, pair)
+        problems += found
+        parsed += [] if found else pair
+    args = parser.parse_args(["--data-dir", "d", "--output-dir", "o", *parsed])
+    return problems + train.settings_problems(train.settings_from_args(args))
 
 
 def _parse_problems(parser: argparse.ArgumentParser, options: list[str]) -> list[str]:

@@ -127,8 +127,9 @@ def _run(args: argparse.Namespace, credentials) -> int:
     if args.command == "compile":
         from pipelines.pipeline import compile_pipeline
 
+        images = Images(args.image_registry, args.tag)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        compile_pipeline(Images(args.image_registry, args.tag), str(args.output))
+        compile_pipeline(images, str(args.output))
         print(args.output)
     elif args.command == "run":
         job = vertex.submit(

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from image_segmentation import storage
+from image_segmentation.errors import StageError
+from pipelines import checks
+
 if TYPE_CHECKING:  # importing the Vertex SDK takes seconds: only `submit` does it
     from google.auth.credentials import Credentials
     from google.cloud import aiplatform
@@ -29,7 +33,9 @@ def parameter_types(template: Path) -> dict[str, str]:
 
 
 def parse_parameters(template: Path, assignments: list[str]) -> dict[str, object]:
-    """`NAME=VALUE` texts to typed values, checked against the template's parameters."""
+    """`NAME=VALUE` texts to typed values, checked against the template's parameters and,
+    with the template's defaults, by the stages' own checks (pipelines/checks.py): a run that
+    could only fail later is refused here, with every problem named."""
     types = parameter_types(template)
     values: dict[str, object] = {}
     for assignment in assignments:
@@ -45,7 +51,18 @@ def parse_parameters(template: Path, assignments: list[str]) -> dict[str, object
             values[name] = cast(text)
         except (ValueError, KeyError) as error:
             raise ValueError(f"parameter {name!r} wants {types[name]}, got {text!r}") from error
+    found = checks.problems(checks.run_values(Path(template).read_text(), values))
+    if found:
+        raise ValueError("bad pipeline parameters:\n  " + "\n  ".join(found))
     return values
+
+
+def storage_uri_bucket(uri: str) -> str:
+    """The bucket of a gs://BUCKET/PATH pipeline root, checked."""
+    try:
+        return storage.split_gcs_uri(uri)[0]
+    except StageError as error:
+        raise ValueError(f"--pipeline-root: {error}") from error
 
 
 def console_url(job_name: str) -> str:
@@ -75,9 +92,19 @@ def submit(
 
     The run's steps act as `service_account`; its artifacts go under `pipeline_root` (gs://).
     `enable_caching` None keeps each step's own setting. Credentials default to the
-    Application Default Credentials.
+    Application Default Credentials. The pipeline root's bucket must exist: the SDK would
+    create a mistyped one silently, and the run would write there.
     """
     from google.cloud import aiplatform
+    from google.cloud import storage as gcs
+
+    bucket = storage_uri_bucket(pipeline_root)
+    client = gcs.Client(project=project, credentials=credentials)
+    if not client.bucket(bucket).exists():
+        raise ValueError(
+            f"the pipeline root's bucket gs://{bucket} does not exist: check the name, or "
+            f"create it (docs/vertex.md, One-time setup)"
+        )
 
     aiplatform.init(
         project=project,

@@ -45,6 +45,9 @@ prepare
   rerun killed (SIGKILL) midway             the earlier output still read, labels included;
                                             the next run removes what the killed one left
 train
+  --learning-rate inf / nan, --alpha nan,   refused by the command line before TensorFlow
+  --loss-weights nan,1,1, --seed -1,        loads, every problem named at once
+  --max-class-weight inf, --epochs 0
   labels.txt naming other classes than      refused before any work (as many classes: the
   stats.json                                masks alone would pass)
   --fine-tune-from a truncated weights file refused naming the file; no model folder written
@@ -703,6 +706,38 @@ def half_of(path: Path, into: Path) -> Path:
     """A copy of `path` cut off halfway, as an interrupted copy leaves it."""
     into.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return into
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number > 0, got inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
+        (["--loss-weights", "nan,1,1"], "expected three weights >= 0 like 1.0,0.4,0.16"),
+        (["--max-class-weight", "inf"], "--max-class-weight must be a finite number >= 1"),
+        (["--alpha", "nan"], "alpha scales every layer's width and must be > 0, got nan"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--epochs", "0", "--image-size", "100"], "--epochs must be >= 1, got 0"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_tensorflow_loads(tmp_path, extra, words):
+    """Non-finite numbers would train a NaN model and publish it; every bad setting is named at
+    once, by the command line alone: TensorFlow is never imported."""
+    probe = (
+        "import sys\nfrom image_segmentation import cli\n"
+        "try:\n    sys.exit(cli.main(sys.argv[1:]))\n"
+        "finally:\n    print('tensorflow' in sys.modules)"
+    )
+    args = train_args(tmp_path / "data", tmp_path / "model", *extra)
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert_refused(result, words)
+    assert result.stdout.strip() == "False"
+    if "--image-size" in extra:
+        assert "image size 100x100 is not supported" in result.stderr
+    assert not (tmp_path / "model").exists()
 
 
 def test_labels_that_differ_from_the_stats_are_refused(prepared_data, tmp_path, capfd):

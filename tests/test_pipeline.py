@@ -620,10 +620,34 @@ def test_compile_needs_the_registry(capsys):
     assert "--image-registry" in capsys.readouterr().err
 
 
-def test_image_names_are_checked():
-    with pytest.raises(ValueError, match="tag"):
-        Images("localhost", "v1:latest")
+@pytest.mark.parametrize(
+    ("registry", "tag", "words"),
+    [
+        ("localhost", "v1:latest", ["bad image tag 'v1:latest'"]),
+        ("localhost", ".hidden", ["bad image tag '.hidden'"]),
+        ("europe-west4-docker.pkg.dev/My-Project/repo", "v1", ["bad image registry"]),
+        ("gcr.io/p/", "v 1", ["bad image registry 'gcr.io/p/'", "bad image tag 'v 1'"]),
+        ("https://gcr.io/p", "v1", ["bad image registry 'https://gcr.io/p'"]),
+    ],
+)
+def test_image_names_that_no_registry_accepts_are_refused(registry, tag, words, capsys, tmp_path):
+    """Before compiling: a template naming images that cannot exist fails only on Vertex."""
+    with pytest.raises(ValueError) as refused:
+        Images(registry, tag)
+    for word in words:
+        assert word in str(refused.value)
+    output = tmp_path / "build" / "p.yaml"
+    assert pipelines_main(["compile", "--image-registry", registry, "--tag", tag,
+                           "--output", str(output)]) == 2  # fmt: skip
+    assert words[0] in capsys.readouterr().err
+    assert not output.parent.exists()
+
+
+def test_image_names_are_built_from_registry_and_tag():
     assert Images("localhost", "t").for_stage("train") == "localhost/image-segmentation-train:t"
+    assert Images("localhost:5000/a/b-c", "v1.2_x").image("light") == (
+        "localhost:5000/a/b-c/image-segmentation-light:v1.2_x"
+    )
 
 
 # --- the executor protocol a stage speaks when it runs as a container step ------------------
@@ -846,7 +870,16 @@ def test_metrics_from_must_name_an_output(tmp_path):
 
 def test_cloud_build_builds_and_pushes_every_image():
     config = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
-    images = Images("${_IMAGE_REGISTRY}", "${_TAG}")
+    # Cloud Build's substitutions stand where a real registry and tag will be.
+    real = Images("registry.invalid/project", "tag")
+
+    def image(name: str) -> str:
+        return (
+            real.image(name)
+            .replace(real.registry, "${_IMAGE_REGISTRY}")
+            .replace(":tag", ":${_TAG}")
+        )
+
     names = sorted(
         path.name.removesuffix(".Dockerfile") for path in REPO.glob("docker/*.Dockerfile")
     )
@@ -855,8 +888,8 @@ def test_cloud_build_builds_and_pushes_every_image():
         for step in config["steps"]
         if step["args"][0] == "build"
     }
-    assert builds == {f"docker/{name}.Dockerfile": images.image(name) for name in names}
-    assert sorted(config["images"]) == sorted(images.image(name) for name in names)
+    assert builds == {f"docker/{name}.Dockerfile": image(name) for name in names}
+    assert sorted(config["images"]) == sorted(image(name) for name in names)
     (wheels,) = [step for step in config["steps"] if step["id"] == "wheels"]
     assert (
         f"for image in {' '.join(sorted(names, key=['light', 'train', 'export'].index))};"

@@ -171,15 +171,93 @@ def test_bad_parameters_are_refused_before_anything_is_sent(fake, tmp_path, caps
     assert state.requests == []
 
 
+def test_a_run_that_could_only_fail_later_is_refused_with_every_problem(fake, tmp_path, capsys):
+    """The stages' own checks run on the parameters (with the template's defaults) before
+    anything is sent: a bad destination would otherwise fail in the upload step, after the
+    whole GPU training."""
+    state, url = fake
+    template = tmp_path / "pipeline.yaml"
+    assert pipelines_main(["compile", "--image-registry", REGISTRY, "--tag", TAG,
+                           "--output", str(template)]) == 0  # fmt: skip
+    bad = ("destination=not-a-uri model_version=../v1 image_size=100 epochs=-1 alpha=0 "
+           "resize=fit init=foo whitelist=nosuchclass replica_count=0 min_miou=2 threshold=nan "
+           "scheduling_strategy=CHEAP accelerator_type= source_sha1=abc")  # fmt: skip
+    status = pipelines_main(
+        ["run", "--template", str(template), "--project", PROJECT, "--region", REGION,
+         "--pipeline-root", f"gs://{BUCKET}/root", "--service-account", SERVICE_ACCOUNT,
+         "--api-endpoint", url, *(f"--param={p}" for p in bad.split())]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in error
+    for words in (
+        "destination: not a gs:// URI: 'not-a-uri'",
+        "bad version '../v1'",
+        "image size 100x100 is not supported",
+        "--epochs must be >= 1, got -1",
+        "alpha scales every layer's width and must be > 0",
+        "invalid choice: 'fit'",
+        "init must be imagenet, random or a gs:// weights file, got 'foo'",
+        "unknown class 'nosuchclass'",
+        "replica_count must be at least 1, got 0",
+        "min_miou must be a number from 0 to 1, got 2.0",
+        "threshold must be a number from 0 to 1, got nan",
+        "scheduling_strategy must be one of STANDARD, SPOT, FLEX_START",
+        "accelerator_count 1 needs an accelerator_type",
+        "source_sha1: --sha1 must be 40 hex digits or 'none'",
+    ):
+        assert words in error
+    assert state.requests == []
+
+
+@pytest.mark.slow  # importing the Vertex SDK takes 10-30 s
+def test_a_pipeline_root_bucket_that_does_not_exist_is_refused(fake, gcs_client, tmp_path, capsys):
+    """The SDK would create a mistyped bucket and run there; the run is refused instead."""
+    from google.auth.credentials import AnonymousCredentials
+
+    state, url = fake
+    template = tmp_path / "pipeline.yaml"
+    assert pipelines_main(["compile", "--image-registry", REGISTRY, "--tag", TAG,
+                           "--output", str(template)]) == 0  # fmt: skip
+    status = pipelines_main(
+        ["run", "--template", str(template), "--project", PROJECT, "--region", REGION,
+         "--pipeline-root", "gs://my-buckett/root", "--service-account", SERVICE_ACCOUNT,
+         "--api-endpoint", url, "--param", "destination=gs://my-bucket/models"],
+        credentials=AnonymousCredentials(),
+    )  # fmt: skip
+    assert status == 2
+    assert "the pipeline root's bucket gs://my-buckett does not exist" in capsys.readouterr().err
+    assert state.requests == []
+    assert [bucket.name for bucket in gcs_client.list_buckets()] == []
+
+
+def test_a_bucket_given_as_a_uri_is_taken_as_its_name(tmp_path):
+    (_, run_args) = make_commands(
+        "pipeline-run", tmp_path, **vertex_settings(BUCKET=f"gs://{BUCKET}/")
+    )
+    assert run_args[run_args.index("--pipeline-root") + 1] == f"gs://{BUCKET}/pipeline-root"
+    assert f"destination=gs://{BUCKET}/models" in run_args
+
+
 def test_params_file_values_keep_their_spaces(tmp_path):
     from pipelines import vertex
 
     template = tmp_path / "pipeline.yaml"
     pipelines_main(["compile", "--image-registry", "r", "--tag", "t", "--output", str(template)])
     parsed = vertex.parse_parameters(
-        template, ["whitelist=sofa, couch, lounge|lamp", "threshold=0.25", "image_size=512"]
+        template,
+        [
+            "whitelist=sofa, couch, lounge|lamp",
+            "threshold=0.25",
+            "image_size=512",
+            "destination=gs://my-bucket/models",
+        ],
     )
-    assert parsed == {"whitelist": "sofa, couch, lounge|lamp", "threshold": 0.25, "image_size": 512}
+    assert parsed == {
+        "whitelist": "sofa, couch, lounge|lamp",
+        "threshold": 0.25,
+        "image_size": 512,
+        "destination": "gs://my-bucket/models",
+    }
 
 
 def test_pipeline_upload_publishes_the_template(fake, tmp_path, capsys):
@@ -206,18 +284,20 @@ def test_pipeline_upload_publishes_the_template(fake, tmp_path, capsys):
     ("target", "settings", "missing"),
     [
         ("pipeline-compile", {}, "IMAGE_REGISTRY"),
-        ("pipeline-run", {"IMAGE_REGISTRY": REGISTRY}, "PROJECT"),
+        ("pipeline-run", {"IMAGE_REGISTRY": REGISTRY}, "PROJECT REGION BUCKET SERVICE_ACCOUNT"),
         ("pipeline-run", vertex_settings(SERVICE_ACCOUNT=""), "SERVICE_ACCOUNT"),
         ("pipeline-upload", {"IMAGE_REGISTRY": REGISTRY, "PROJECT": PROJECT}, "REGION"),
         ("push", {}, "IMAGE_REGISTRY"),
         ("run-component", {}, "STEP"),
     ],
 )
-def test_missing_settings_name_the_variable(target, settings, missing, tmp_path):
+def test_missing_settings_name_every_variable(target, settings, missing, tmp_path):
+    """All the missing settings at once, not one per try."""
     result = subprocess.run(
         ["make", "-n", target, f"PIPELINE_FILE={tmp_path}/p.yaml",
          *(f"{name}={value}" for name, value in settings.items())],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0
-    assert f"{missing} is not set" in result.stderr
+    assert f"{missing} not set: make {target} " in result.stderr
+    assert " ".join(f"{name}=..." for name in missing.split()) in result.stderr
