@@ -1,8 +1,10 @@
-"""The train stage's callbacks, run on the chief only: validation scores, the learning rate,
-TensorBoard scalars and the checkpoint, in that order after every epoch (the checkpoint last,
-since it records the epoch's logs that the others fill)."""
+"""The train stage's callbacks. On every machine: the stop on a loss that is not finite. On
+the chief only: validation scores, the learning rate, TensorBoard scalars and the checkpoint,
+in that order after every epoch (the checkpoint last, since it records the epoch's logs that
+the others fill)."""
 
 import logging
+import math
 from pathlib import Path
 
 import keras
@@ -11,6 +13,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from image_segmentation import checkpoints, icnet, metrics, scoring
+from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,37 @@ class Scalars(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.writer.close()
+
+
+class Finite(keras.callbacks.Callback):
+    """Stop the run when the loss or the weights turn NaN or infinite (a learning rate far too
+    high): a model of such weights predicts one class everywhere. The error names the epoch and
+    step; it comes before the epoch's checkpoint, so nothing of it is saved or published."""
+
+    ADVICE = "nothing of this epoch is saved or published (try a lower --learning-rate)"
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise StageError(
+                f"the training diverged at epoch {self.epoch}, step {batch + 1}: the loss is "
+                f"{loss}; {self.ADVICE}"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        broken = [
+            w.path
+            for w in self.model.weights
+            if not np.isfinite(keras.ops.convert_to_numpy(w)).all()
+        ]
+        if broken:
+            raise StageError(
+                f"the training diverged in epoch {self.epoch}: after its last step {len(broken)} "
+                f"weight arrays hold NaN or infinity, e.g. {broken[0]}; {self.ADVICE}"
+            )
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -286,7 +286,7 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
             epochs=settings.epochs,
             initial_epoch=len(history),
             steps_per_epoch=scale.steps_per_epoch,
-            callbacks=chief_only,
+            callbacks=[callbacks.Finite(), *chief_only],
             shuffle=False,  # the dataset shuffles itself (Keras cannot shuffle a tf.data one)
             verbose=2,
         )

@@ -48,6 +48,8 @@ train
   --learning-rate inf / nan, --alpha nan,   refused by the command line before TensorFlow
   --loss-weights nan,1,1, --seed -1,        loads, every problem named at once
   --max-class-weight inf, --epochs 0
+  a run whose loss or weights turn NaN      stopped naming the epoch and step; no checkpoint,
+  (--optimizer sgd --learning-rate 1e35)    no model folder of it
   labels.txt naming other classes than      refused before any work (as many classes: the
   stats.json                                masks alone would pass)
   --fine-tune-from a truncated weights file refused naming the file; no model folder written
@@ -55,6 +57,8 @@ train
   (no config.json beside them)              no model folder written
 evaluate
   no weights, truncated weights             refused naming the file; no output folder left
+  weights holding NaN                       refused (so are export and predict, which load
+                                            the weights the same way); no output folder left
   config.json not JSON                      refused; no output folder left
   config.json edited to other classes       refused: the labels differ from the data's, or
                                             (data of those classes) the weights do not fit
@@ -88,6 +92,7 @@ import functools
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -98,6 +103,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import free_port
 from http_fixtures import FileServer
@@ -738,6 +744,47 @@ def test_settings_that_cannot_train_are_refused_before_tensorflow_loads(tmp_path
     if "--image-size" in extra:
         assert "image size 100x100 is not supported" in result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_a_training_run_that_diverges_stops_and_publishes_nothing(prepared_data, tmp_path, capfd):
+    """A learning rate far too high makes the loss NaN within a step or two: the run stops with
+    the epoch and step, and leaves no checkpoint or model of the NaN weights."""
+    out = tmp_path / "model"
+    args = train_args(
+        prepared_data,
+        out,
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e35",
+        "--steps-per-epoch",
+        "3",
+    )
+    line = refused_in_process(
+        capfd, args, "nothing of this epoch is saved or published", alone=False
+    )
+    assert re.search(r"the training diverged (at epoch 1, step \d+|in epoch 1)", line), line
+    assert not list(out.glob("checkpoints/epoch-*.npz"))
+    assert not (out / model_folder.CONFIG_FILE).exists()
+
+
+def test_a_model_folder_with_nan_weights_is_refused(prepared_data, trained_model, tmp_path, capfd):
+    """Weights that are not numbers (a diverged run from before the training stopped on it,
+    or a damaged file) are refused by every stage that reads a model folder."""
+    import h5py
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    with h5py.File(model_folder.weights_path(model), "r+") as weights:
+        kernels = []
+        weights.visititems(lambda name, item: kernels.append(item) if name.endswith("/0") else None)
+        kernels[0][...] = np.nan
+    words = "weight arrays hold NaN or infinity (a training run that diverged)"
+    evaluation = tmp_path / "evaluation"
+    refused_in_process(capfd, ["evaluate", "--data-dir", str(prepared_data),
+                               "--model-dir", str(model), "--output-dir", str(evaluation)],
+                       words, alone=False)  # fmt: skip
+    assert not evaluation.exists()
 
 
 def test_labels_that_differ_from_the_stats_are_refused(prepared_data, tmp_path, capfd):
