@@ -8,8 +8,11 @@ the model gives no class) and `NAME.json` (each class's share of the photo's pix
 and the resize mode used). Photos are read as they are shown (EXIF orientation applied) and
 converted to RGB, then fed to the model as `preprocessing.py` says.
 
-This module is the command line, finding the photos and checking the model without TensorFlow,
-so mistakes are told at once; the work is predictor.py's, imported only when the stage runs.
+This module is the command line, finding the photos and checking them, the output folder and
+the model without TensorFlow, so mistakes are told at once; the work is predictor.py's,
+imported only when the stage runs. A file that is not a readable image is skipped, counted and
+named at the end, as prepare skips bad samples; the run fails only when no photo is left.
+Photos are decoded whole: a 100-megapixel photo takes several gigabytes of memory.
 """
 
 import argparse
@@ -17,7 +20,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from image_segmentation import export_folder, model_folder
+from PIL import Image
+
+from image_segmentation import disk, export_folder, model_folder
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -51,14 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--output-dir", type=Path, required=True, help="where the overlays, labels and JSON go")
 
 
-def find_photos(inputs: list[str]) -> list[Path]:
-    """The local photos named: files as given, folders' photo files sorted. gs:// inputs are
-    `download_photos`'s; a missing path or a folder without photos is refused."""
+def find_photos(inputs: list[str], output_dir: Path) -> list[Path]:
+    """The local photos named: files as given, folders' photo files sorted, except this
+    stage's own outputs (a run into a folder inside the photo folder must not predict them
+    next time). gs:// inputs are `download_photos`'s; a missing path or a folder without
+    photos is refused."""
     photos = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in PHOTO_SUFFIXES and not is_output(p, output_dir)
+            )
             if not found:
                 raise StageError(f"{path} holds no {'/'.join(PHOTO_SUFFIXES)} photos")
             photos += found
@@ -67,6 +78,26 @@ def find_photos(inputs: list[str]) -> list[Path]:
         else:
             raise StageError(f"{path} does not exist")
     return photos
+
+
+def is_output(path: Path, output_dir: Path) -> bool:
+    """Whether `path` is an output of this stage: in the output folder, or named like one."""
+    inside = path.resolve().parent == Path(output_dir).resolve()
+    return inside or path.name.endswith((OVERLAY_SUFFIX, LABELS_SUFFIX))
+
+
+def readable(sources: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
+    """The photos Pillow can open and check, and one line for each file it cannot."""
+    good, skipped = {}, []
+    for source, path in sources.items():
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            skipped.append(f"{source} ({error})")
+        else:
+            good[source] = path
+    return good, skipped
 
 
 def download_photos(inputs: list[str], folder: Path) -> dict[str, Path]:
@@ -93,24 +124,27 @@ def download_photos(inputs: list[str], folder: Path) -> dict[str, Path]:
     return downloaded
 
 
-def output_names(photos: list[Path]) -> list[str]:
+def output_names(sources: dict[str, Path]) -> list[str]:
     """The name each photo's outputs start with (its file name without the suffix); two
-    photos of one name would overwrite each other's, so they are refused."""
+    photos of one name would overwrite each other's, so they are refused, named as the user
+    named them."""
     names, seen = [], {}
-    for photo in photos:
+    for source, photo in sources.items():
         name = photo.stem
         if name in seen:
             raise StageError(
-                f"{seen[name]} and {photo} would both write {name}.*: predict them into "
+                f"{seen[name]} and {source} would both write {name}.*: predict them into "
                 "separate --output-dir folders"
             )
-        seen[name] = photo
+        seen[name] = source
         names.append(name)
     return names
 
 
 def check_tflite(path: Path) -> dict:
     """export.json of the complete export folder holding the TFLite file `path`."""
+    if path.is_dir():
+        raise StageError(f"--tflite {path} is a folder, not a .tflite file of an export")
     if not path.is_file():
         raise StageError(f"--tflite {path} does not exist")
     record = export_folder.require_complete(path.parent)
@@ -125,20 +159,29 @@ def check_tflite(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     remote = [text for text in args.photos if text.startswith("gs://")]
-    local = find_photos([text for text in args.photos if not text.startswith("gs://")])
+    local = [text for text in args.photos if not text.startswith("gs://")]
+    local = find_photos(local, args.output_dir)
     if args.model_dir is not None:
         model_folder.require_complete(args.model_dir)  # refused now, not after TensorFlow loads
     else:
         check_tflite(args.tflite)
-    with tempfile.TemporaryDirectory(prefix="predict-") as download_dir:
+    with (
+        disk.usable_folder(args.output_dir, "--output-dir"),
+        tempfile.TemporaryDirectory(prefix="predict-") as download_dir,
+    ):
         downloaded = download_photos(remote, Path(download_dir))
-        sources = {str(path): path for path in local} | downloaded
-        names = output_names(list(sources.values()))
+        sources, skipped = readable({str(path): path for path in local} | downloaded)
+        if not sources:
+            raise StageError(f"no photo can be read: {'; '.join(skipped)}")
+        names = output_names(sources)
         from image_segmentation import predictor  # TensorFlow: imported when the stage runs
 
         if args.model_dir is not None:
             model = predictor.load_keras_model(args.model_dir)
         else:
             model = predictor.load_tflite_model(args.tflite)
-        predictor.predict_photos(model, sources, names, args.output_dir)
+        skipped += predictor.predict_photos(model, sources, names, args.output_dir)
+    if skipped:
+        unread = "; ".join(skipped)
+        log.warning("skipped %d file(s) that are not readable photos: %s", len(skipped), unread)
     return 0

@@ -17,7 +17,15 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image, ImageOps
 
-from image_segmentation import files, inference, model_folder, preprocessing, report, scoring
+from image_segmentation import (
+    disk,
+    files,
+    inference,
+    model_folder,
+    preprocessing,
+    report,
+    scoring,
+)
 from image_segmentation.errors import StageError
 from image_segmentation.labels import IGNORE
 from image_segmentation.predict import (
@@ -93,14 +101,35 @@ def tflite_model(path: Path, record: dict) -> Model:
     )
 
 
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16- and 32-bit grey
+
+
 def read_photo(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] as the photo is shown: EXIF orientation applied, any mode (grey,
-    RGBA, CMYK, palette) converted to RGB."""
+    """uint8 RGB [H, W, 3] as the photo is shown: EXIF orientation applied, any mode converted
+    (`rgb`)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise StageError(f"{path} cannot be read as a photo: {error}") from error
+
+
+def rgb(image: Image.Image) -> np.ndarray:
+    """uint8 RGB of an image of any mode Pillow opens. Pillow's own conversion clips 16-bit
+    grey to white, so wide grey is scaled down to 8 bits here; transparent pixels are laid on
+    white, as a viewer shows them; grey, palette and CMYK convert as Pillow converts them.
+    Floating-point images (mode F) hold measurements, not photos, and are refused."""
+    if image.mode in WIDE_GREY_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        top = 255 if image.mode == "I" and values.max() <= 255 else 65535
+        grey = np.clip(np.round(values * 255 / top), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError("a floating-point image (mode F) is not a photo")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return np.asarray(image.convert("RGB"))
 
 
 def window_labels(output: np.ndarray, kind: str, rows: int, columns: int) -> np.ndarray:
@@ -164,9 +193,10 @@ def summary(source: str, record: dict) -> str:
 
 def predict_photos(
     model: Model, sources: dict[str, Path], names: list[str], output_dir: Path
-) -> None:
+) -> list[str]:
     """Segment each photo (`sources`: what the user named it, its file) and write its overlay,
-    label map and coverage JSON into `output_dir`, starting with its name of `names`."""
+    label map and coverage JSON into `output_dir`, starting with its name of `names`. A photo
+    that cannot be decoded (a truncated file) is skipped; returns one line for each."""
     if len(model.labels) > IGNORE:
         raise StageError(f"{len(model.labels)} classes do not fit a label PNG beside {IGNORE}")
     output_dir = Path(output_dir)
@@ -180,12 +210,18 @@ def predict_photos(
         model.resize,
         output_dir,
     )
+    skipped = []
     for number, ((source, path), name) in enumerate(zip(sources.items(), names, strict=True), 1):
-        image = read_photo(path)
+        try:
+            image = read_photo(path)
+        except StageError as error:
+            skipped.append(f"{source} ({error})")
+            continue
         labels, (top, left, rows, columns) = segment(model, image)
         overlay, label_map = f"{name}{OVERLAY_SUFFIX}", f"{name}{LABELS_SUFFIX}"
-        Image.fromarray(report.overlay(image, labels, colors)).save(output_dir / overlay)
-        Image.fromarray(labels).save(output_dir / label_map)
+        with disk.disk_full_error(output_dir / overlay, None):
+            Image.fromarray(report.overlay(image, labels, colors)).save(output_dir / overlay)
+            Image.fromarray(labels).save(output_dir / label_map)
         record = {
             "photo": source,
             "height": int(labels.shape[0]),
@@ -200,5 +236,7 @@ def predict_photos(
             "labels": label_map,
             "no_class": IGNORE,
         }
-        files.write_json(output_dir / f"{name}{COVERAGE_SUFFIX}", record)
+        with disk.disk_full_error(output_dir / f"{name}{COVERAGE_SUFFIX}", None):
+            files.write_json(output_dir / f"{name}{COVERAGE_SUFFIX}", record)
         print(f"[{number}/{len(sources)}] {summary(source, record)}", flush=True)
+    return skipped

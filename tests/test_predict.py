@@ -189,6 +189,70 @@ def test_photos_of_any_mode_are_read_upright_in_rgb(model_dir, tmp_path):
         assert (record["height"], record["width"]) == shape
 
 
+def test_every_photo_mode_becomes_the_rgb_a_viewer_shows(tmp_path):
+    """16-bit grey is scaled, not clipped to white; transparency is laid on white; palette,
+    grey with alpha and CMYK convert; a floating-point image is refused."""
+    ramp = np.linspace(0, 65535, 6 * 8).round().astype(np.uint16).reshape(6, 8)
+    Image.fromarray(ramp).save(tmp_path / "wide.png")  # a 16-bit grey PNG
+    with Image.open(tmp_path / "wide.png") as wide:
+        assert wide.mode in predictor.WIDE_GREY_MODES
+    wide = predictor.read_photo(tmp_path / "wide.png")
+    expected = np.round(ramp / 257).astype(np.uint8)
+    assert np.array_equal(wide[..., 0], expected) and np.array_equal(wide[..., 2], expected)
+    assert len(np.unique(wide)) > 40  # a ramp, not a white page
+
+    clear = Image.new("RGBA", (4, 4), (200, 10, 10, 0))
+    clear.putpixel((0, 0), (200, 10, 10, 255))
+    clear.save(tmp_path / "clear.png")
+    seen = predictor.read_photo(tmp_path / "clear.png")
+    assert tuple(seen[0, 0]) == (200, 10, 10) and tuple(seen[1, 1]) == (255, 255, 255)
+
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 0, 128, 255] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.putpixel((0, 0), 0)
+    palette.save(tmp_path / "palette.png")
+    seen = predictor.read_photo(tmp_path / "palette.png")
+    assert tuple(seen[0, 0]) == (255, 255, 255) and tuple(seen[3, 3]) == (0, 128, 255)
+
+    Image.new("LA", (4, 4), (90, 255)).save(tmp_path / "grey-alpha.png")
+    assert tuple(predictor.read_photo(tmp_path / "grey-alpha.png")[2, 2]) == (90, 90, 90)
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    red = predictor.read_photo(tmp_path / "cmyk.jpg")[1, 1]
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+    Image.new("F", (4, 4), 0.5).save(tmp_path / "float.tiff")
+    with pytest.raises(StageError, match="not a photo"):
+        predictor.read_photo(tmp_path / "float.tiff")
+
+
+def test_unreadable_files_are_skipped_and_named_and_outputs_never_read_back(
+    model_dir, tmp_path, capsys, caplog
+):
+    """Files that are not photos, or cut short, are skipped (the others are predicted) and
+    named at the end; a second run into a folder inside the photo folder does not predict
+    the first run's outputs."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    small = Image.open(PHOTOS[0]).resize((48, 32))
+    small.save(photos / "good.jpg")
+    (photos / "text.jpg").write_text("not a photo")
+    cut = (photos / "good.jpg").read_bytes()
+    (photos / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + cut[:40])
+    out = photos / "predicted"
+    for _ in range(2):
+        caplog.clear()
+        assert predict(photos, "--model-dir", model_dir, "--output-dir", out) == 0
+        assert sorted(p.name for p in out.iterdir()) == [
+            "good.json", "good.labels.png", "good.overlay.png"
+        ]  # fmt: skip
+        assert "skipped 2 file(s) that are not readable photos" in caplog.text
+        assert "text.jpg (" in caplog.text and "cut.png (" in caplog.text
+    (photos / "good.labels.png").write_bytes((out / "good.labels.png").read_bytes())
+    assert predict(photos, "--model-dir", model_dir, "--output-dir", tmp_path / "o") == 0
+    assert not (tmp_path / "o" / "good.labels.labels.png").exists()
+
+
 def test_gcs_photos_are_downloaded_and_named_by_their_uri(model_dir, gcs_client, tmp_path):
     bucket = gcs_client.create_bucket("photos")
     bucket.blob("rooms/ADE_val_00000003.jpg").upload_from_filename(PHOTOS[2])
@@ -221,7 +285,8 @@ def test_bad_input_is_one_line(model_dir, gcs_client, tmp_path, capsys):
     assert predict(empty, "--model-dir", model_dir, *out) == 2
     assert "holds no .jpg/.jpeg/.png photos" in error(capsys)
     assert predict(empty / "notes.txt", "--model-dir", model_dir, *out) == 2
-    assert "notes.txt cannot be read as a photo" in error(capsys)
+    assert "no photo can be read: " in error(capsys)
+    assert not (tmp_path / "out").exists()  # refused before the output folder was made
     shutil.copy(PHOTOS[0], empty / PHOTOS[0].name)
     assert predict(PHOTOS[0], empty / PHOTOS[0].name, "--model-dir", model_dir, *out) == 2
     assert "would both write ADE_val_00000001.*" in error(capsys)
@@ -233,6 +298,21 @@ def test_bad_input_is_one_line(model_dir, gcs_client, tmp_path, capsys):
     (empty / "icnet.tflite").write_bytes(b"not checked")
     assert predict(PHOTOS[0], "--tflite", empty / "icnet.tflite", *out) == 2
     assert "has no export.json" in error(capsys)
+    assert predict(PHOTOS[0], "--tflite", empty, *out) == 2
+    assert f"--tflite {empty} is a folder, not a .tflite file of an export" in error(capsys)
+    (tmp_path / "a-file").write_text("")
+    for output in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        assert predict(PHOTOS[0], "--model-dir", model_dir, "--output-dir", output) == 2
+        assert "--output-dir" in error(capsys)
+    bucket = gcs_client.create_bucket("same-names")
+    for prefix in ("kitchen", "hall"):
+        bucket.blob(f"{prefix}/room.jpg").upload_from_filename(PHOTOS[0])
+    assert predict("gs://same-names/kitchen/room.jpg", "gs://same-names/hall/room.jpg",
+                   "--model-dir", model_dir, *out) == 2  # fmt: skip
+    assert (
+        "gs://same-names/kitchen/room.jpg and gs://same-names/hall/room.jpg would both write"
+        in error(capsys)
+    )
     with pytest.raises(SystemExit):
         predict(PHOTOS[0], *out)
     assert "one of the arguments --model-dir --tflite is required" in error(capsys)
