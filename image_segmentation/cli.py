@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
         return _error(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+    try:
+        if executor:
+            kfp_executor.check_outputs_writable(executor)
+    except StageError as error:
+        return _error(error)
     module_name, summary = STAGES[stage]
     # TensorFlow's C++ start-up chatter (CPU features, XLA, MLIR passes) buries the stage's own
     # log; errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.

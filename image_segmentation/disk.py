@@ -38,6 +38,22 @@ def usable_folder(path: Path, option: str) -> Iterator[None]:
                 break
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """Refuse, before any work, a file that could not be written when the work is done: one
+    that is a folder, or whose nearest existing folder is a file, read-only or not ours to
+    write. Nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise StageError(f"{what} {path} is a folder, not a file")
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise StageError(f"{what} {path} cannot be written: {existing} is a file")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise StageError(f"{what} {path} cannot be written: {existing} is read-only")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StageError(f"{what} {path} cannot be written: {existing} is not writable")
+
+
 def file_size(path: Path) -> int:
     """The size of a file that may not exist (0 then)."""
     return path.stat().st_size if path.exists() else 0

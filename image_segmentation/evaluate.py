@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_segmentation import files, model_folder
+from image_segmentation import disk, files, model_folder
 from image_segmentation.errors import StageError
 
 METRICS_FILE = "metrics.json"
@@ -136,6 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option in ("report_html", "metrics_json", "confusion_matrix_json", "miou_output"):
+        if getattr(args, option):  # found now, not after scoring the whole split
+            disk.check_writable_file(getattr(args, option), f"--{option.replace('_', '-')}")
     from image_segmentation import evaluator  # TensorFlow: imported when the stage runs
 
     result = evaluator.evaluate(

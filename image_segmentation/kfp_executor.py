@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_segmentation import disk
 from image_segmentation.errors import StageError
 
 # Where a remote artifact URI is mounted in the container (as kfp's Artifact.path maps it).
@@ -72,6 +73,16 @@ def check_executor_input(options: ExecutorOptions) -> None:
     for name, entry in _field(outputs, "parameters", dict, "outputs.parameters", {}).items():
         _field(entry, "outputFile", str, f"outputs.parameters.{name}.outputFile")
     metrics_source(options, output_artifacts(executor_input))
+
+
+def check_outputs_writable(options: ExecutorOptions) -> None:
+    """Refuse, before the stage's work, the files this module writes after it: the executor
+    output and the Metrics artifacts (a download or a whole training would be lost)."""
+    outputs = options.executor_input["outputs"]
+    disk.check_writable_file(Path(outputs["outputFile"]), "the executor output")
+    for name, artifact in output_artifacts(options.executor_input).items():
+        if artifact.get("type", {}).get("schemaTitle") in (_METRICS_TYPE, _CLASSIFICATION_TYPE):
+            disk.check_writable_file(local_path(artifact["uri"]), f"output {name!r}")
 
 
 def _field(parent: object, key: str, kind: type, where: str, default: object = _MISSING):

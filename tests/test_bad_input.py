@@ -78,6 +78,11 @@ upload
   no export dir, s3://, bad bucket name     refused, nothing uploaded
   bucket missing                            refused, nothing uploaded
 executor input
+  executor output or a Metrics artifact     refused before any work (a download or a training
+  path below a file                         would be lost)
+  evaluate --report-html, --metrics-json,   refused before scoring the split
+  --confusion-matrix-json, --miou-output
+  below a file
   not JSON, [1, 2], {}, no outputFile       refused in well under a second, before any work
   artifact without uri / empty / not list   refused in well under a second, before any work
   artifact metadata not an object           refused in well under a second, before any work
@@ -1120,6 +1125,9 @@ def altered(path: str, value: object = _REMOVED) -> str:
         (["--executor-input", VALID, "--metrics-from", "model/metrics.json"],
          "--metrics-from 'model/metrics.json': expected OUTPUT/FILE with OUTPUT one of"),
         (["--metrics-from", "dataset/manifest.json"], "--metrics-from needs --executor-input"),
+        (["--executor-input", VALID],
+         f"the executor output {UNWRITABLE}/executor_output.json cannot be written: "
+         f"{UNWRITABLE} is a file"),
     ],
 )  # fmt: skip
 def test_a_malformed_executor_input_fails_at_once(server, tmp_path, options, words):
@@ -1131,6 +1139,33 @@ def test_a_malformed_executor_input_fails_at_once(server, tmp_path, options, wor
     assert time.monotonic() - started < 1.0
     assert_refused(result, words)
     assert server.behaviour.seen == [] and os.listdir(tmp_path) == []
+
+
+def test_a_metrics_output_that_cannot_be_written_fails_before_the_download(server, tmp_path):
+    """The Metrics artifact is written after the work: a path below a file is found first."""
+    (tmp_path / "a-file").write_text("")
+    metrics = {"name": "metrics", "uri": str(tmp_path / "a-file" / "metrics"),
+               "type": {"schemaTitle": "system.Metrics"}}  # fmt: skip
+    request = executor_input(tmp_path)
+    request["outputs"]["artifacts"]["metrics"] = {"artifacts": [metrics]}
+    source = server.url + ZIP_PATH
+    result = run_stage("--executor-input", json.dumps(request), "download", "--source",
+                       source, "--output-dir", str(tmp_path / "dataset"))  # fmt: skip
+    assert_refused(result, f"output 'metrics' {tmp_path}/a-file/metrics cannot be written")
+    assert server.behaviour.seen == [] and sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+@pytest.mark.parametrize(
+    "option", ["--report-html", "--metrics-json", "--confusion-matrix-json", "--miou-output"]
+)
+def test_evaluate_outputs_that_cannot_be_written_fail_before_scoring(tmp_path, option):
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "out"
+    result = run_stage("evaluate", "--model-dir", str(tmp_path / "m"), "--data-dir",
+                       str(tmp_path / "d"), "--output-dir", str(tmp_path / "e"), option,
+                       str(target))  # fmt: skip
+    assert_refused(result, f"{option} {target} cannot be written: {tmp_path}/a-file is a file")
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
 
 
 @pytest.mark.parametrize(
