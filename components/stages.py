@@ -196,18 +196,21 @@ def upload_component(images: Images):
     def upload(
         exported: Input[Model],
         model: Input[Model],
+        evaluation: Input[Artifact],
         destination: str,
         model_name: str,
         version: str,
         uris: Output[dsl.Artifact],
     ):
-        """Publish the exported files as gs://DESTINATION/MODEL_NAME/VERSION with a manifest."""
+        """Publish the exported files as gs://DESTINATION/MODEL_NAME/VERSION with a manifest
+        whose metrics are the evaluation's of the model's weights."""
         return dsl.ContainerSpec(
             image=images.for_stage("upload"),
             command=stage_command("upload"),
             args=[
                 "--export-dir", exported.path,
                 "--model-dir", model.path,
+                "--evaluation-dir", evaluation.path,
                 "--destination", destination,
                 "--model-name", model_name,
                 "--version", version,

@@ -114,6 +114,7 @@ def export_model(
                 "version": options.version,
                 "labels": config["labels"],
                 "config": {key: value for key, value in config.items() if key != "labels"},
+                "model_weights_sha256": model_folder.weights_digest(model_dir),
                 "metrics": metrics,
                 "image_size": list(size),
                 "trained_image_size": config["image_size"],

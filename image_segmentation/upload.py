@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -30,7 +31,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
-from image_segmentation import cli, export_folder, files, model_folder, storage
+from image_segmentation import cli, evaluate, export_folder, files, model_folder, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="trained model folder, for the manifest's labels and config; "
         "default: the export's own record of them",
+    )
+    parser.add_argument(
+        "--evaluation-dir",
+        type=Path,
+        help="the evaluate stage's output for --model-dir: the published metrics must be its",
     )
     parser.add_argument(
         "--source-run",
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             args.model_name,
             args.version,
             model_dir=args.model_dir,
+            evaluation_dir=args.evaluation_dir,
             source_run=args.source_run or default_source_run(),
             replace=args.replace,
             retry=RETRY.with_timeout(args.deadline),
@@ -110,21 +117,73 @@ def version_prefix(destination: str, model_name: str, version: str) -> tuple[str
     return bucket, "/".join([*parts, model_name, version]) + "/"
 
 
-def model_info(record: dict, model_dir: Path | None) -> dict:
-    """Labels, model config and metrics for the manifest. The metrics are the export's record
-    of the evaluate stage's (the published numbers are the gated ones); labels and config come
-    from the model folder when given, once its labels show it is the model the export was
-    made from, else from the export's record, which holds them too."""
+def model_info(record: dict, model_dir: Path | None, evaluation_dir: Path | None) -> dict:
+    """Labels, model config and metrics for the manifest, each tied to what made the export.
+
+    The metrics are the export's record of the evaluate stage's (the published numbers are
+    the gated ones), checked to be numbers where numbers belong; with `evaluation_dir` they
+    must equal that evaluation's of `model_dir`'s weights. Labels and config come from the
+    model folder when given, once its weights are the ones the export was made from (their
+    sha256), else from the export's record, which holds them too."""
     metrics = record.get("metrics")
+    check_metrics(metrics)
     if model_dir is None:
+        if evaluation_dir is not None:
+            raise StageError("--evaluation-dir needs --model-dir, the model it evaluated")
         return {"labels": record.get("labels"), "config": record.get("config"), "metrics": metrics}
     config = model_folder.require_complete(model_dir)
     check_same_labels(record["labels"], config["labels"], model_dir)
+    if record.get("model_weights_sha256") != model_folder.weights_digest(model_dir):
+        raise StageError(
+            f"the export was not made from {model_dir}'s weights (export.json records "
+            f"{str(record.get('model_weights_sha256'))[:12]}...); pass the model folder it was "
+            "exported from, or export it again"
+        )
+    if evaluation_dir is not None:
+        evaluated = evaluate.published_metrics(evaluation_dir, model_dir)
+        if evaluated != metrics:
+            raise StageError(
+                f"export.json's metrics are not the evaluation's in {evaluation_dir} (miou "
+                f"{_short((metrics or {}).get('miou'))}, evaluated {evaluated['miou']}): export "
+                "again from it"
+            )
     return {
         "labels": config["labels"],
         "config": {key: value for key, value in config.items() if key != "labels"},
         "metrics": metrics,
     }
+
+
+def check_metrics(metrics: object) -> None:
+    """Refuse metrics that are not what the evaluate stage writes: apps and dashboards read
+    these numbers from the manifest."""
+    if metrics is None:
+        return
+    problems = []
+    if not isinstance(metrics, dict):
+        raise StageError(f"export.json's metrics are not a JSON object: {_short(metrics)}")
+    for key in ("miou", "pixel_accuracy"):
+        if key in metrics and not _fraction_or_none(metrics[key]):
+            problems.append(f"{key} is {_short(metrics[key])}, not a number from 0 to 1")
+    class_iou = metrics.get("class_iou", {})
+    if not isinstance(class_iou, dict) or not all(map(_fraction_or_none, class_iou.values())):
+        problems.append(f"class_iou is {_short(class_iou)}, not numbers from 0 to 1 by class")
+    if problems:
+        raise StageError(
+            f"export.json's metrics are not the evaluate stage's: {'; '.join(problems)}"
+        )
+
+
+def _fraction_or_none(value: object) -> bool:
+    if value is None:
+        return True
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and 0 <= value <= 1
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_same_labels(exported: list[str], trained: list[str], model_dir: Path) -> None:
@@ -220,6 +279,7 @@ def upload_model(
     version: str,
     *,
     model_dir: Path | None = None,
+    evaluation_dir: Path | None = None,
     source_run: str | None = None,
     replace: bool = False,
     client: gcs.Client | None = None,
@@ -235,7 +295,7 @@ def upload_model(
     uri = f"gs://{bucket_name}/{prefix}"
     record = export_folder.require_complete(export_dir)
     to_publish = export_folder.files_to_publish(export_dir, record)
-    info = model_info(record, model_dir)
+    info = model_info(record, model_dir, evaluation_dir)
     client = client or storage.gcs_client()
     bucket = client.bucket(bucket_name)
 

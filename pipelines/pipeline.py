@@ -31,11 +31,14 @@ PIPELINE_NAME = "image-segmentation"
 JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123120000
 
 
-def publish(upload, exported, model, destination, model_name, version) -> dsl.PipelineTask:
+def publish(
+    upload, exported, model, evaluation, destination, model_name, version
+) -> dsl.PipelineTask:
     """The upload step; never cached, since every run publishes its own version."""
     task = upload(
         exported=exported,
         model=model,
+        evaluation=evaluation,
         destination=destination,
         model_name=model_name,
         version=version,
@@ -189,18 +192,19 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         evaluated = evaluate(data=prepared.outputs["prepared"], model=model).after(job)
         evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
         with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
+            evaluation = evaluated.outputs["evaluation"]
             exported = convert_with_resources(
                 model=model,
-                evaluation=evaluated.outputs["evaluation"],
+                evaluation=evaluation,
                 cpu=convert_cpu,
                 memory=convert_memory,
             ).output
             # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
             # so the default version is chosen here: one of the two upload tasks runs.
             with dsl.If(model_version == "", name="version-is-job-name"):
-                publish(upload, exported, model, destination, model_name, JOB_NAME)
+                publish(upload, exported, model, evaluation, destination, model_name, JOB_NAME)
             with dsl.Else(name="version-given"):
-                publish(upload, exported, model, destination, model_name, model_version)
+                publish(upload, exported, model, evaluation, destination, model_name, model_version)
         with dsl.Else(name="below-min-miou"):
             skipped = not_published(miou=evaluated.outputs["miou"], min_miou=min_miou)
             skipped.set_caching_options(False)  # every gated run says why nothing was published

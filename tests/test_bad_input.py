@@ -77,6 +77,10 @@ upload
   --deadline 0 / -1 / soon                  refused while parsing arguments
   no export dir, s3://, bad bucket name     refused, nothing uploaded
   bucket missing                            refused, nothing uploaded
+  --model-dir of other weights, same labels refused (the export records its weights' sha256)
+  metrics "great", 1.7, class IoU "high"    refused, nothing uploaded
+  miou hand-edited to 0.99 (--evaluation-   refused: not the evaluation's of the model's
+  dir given, as the pipeline gives it)      weights; nothing uploaded
 executor input
   executor output or a Metrics artifact     refused before any work (a download or a training
   path below a file                         would be lost)
@@ -993,6 +997,60 @@ def test_upload_refuses_the_export_of_another_model(gcs_client, tmp_path):
     renamed = make_model_dir(tmp_path / "renamed", ["none", "wall", "floor", "sofa"])
     result = upload_stage(export, "--model-dir", str(renamed))
     assert_refused(result, "label 3 is 'bed' in the export, 'sofa' in the model; pass the model")
+    assert list(gcs_client.list_blobs("published")) == []
+
+
+def test_upload_refuses_an_export_of_other_weights_with_the_same_labels(gcs_client, tmp_path):
+    """The manifest describes --model-dir (its resize mode, config): its weights must be the
+    ones the export was made from, not only its labels."""
+    from test_upload import make_model_dir
+
+    gcs_client.create_bucket("published")
+    export = fake_export(tmp_path)
+    other = make_model_dir(tmp_path / "other")
+    model_folder.weights_path(other).write_bytes(b"other weights, same labels")
+    result = upload_stage(export, "--model-dir", str(other))
+    assert_refused(result, f"the export was not made from {other}'s weights")
+    assert list(gcs_client.list_blobs("published")) == []
+
+
+@pytest.mark.parametrize(
+    ("metrics", "words"),
+    [
+        ({"miou": "great"}, 'miou is "great", not a number from 0 to 1'),
+        ({"miou": 1.7, "pixel_accuracy": None}, "miou is 1.7, not a number from 0 to 1"),
+        ({"miou": 0.5, "class_iou": {"wall": "high"}}, 'class_iou is {"wall": "high"}'),
+        ("fine", "export.json's metrics are not a JSON object"),
+    ],
+)
+def test_upload_refuses_metrics_that_are_not_numbers(gcs_client, tmp_path, metrics, words):
+    gcs_client.create_bucket("published")
+    export = fake_export(tmp_path)
+    record = json.loads((export / "export.json").read_text())
+    (export / "export.json").write_text(json.dumps({**record, "metrics": metrics}))
+    assert_refused(upload_stage(export), words)
+    assert list(gcs_client.list_blobs("published")) == []
+
+
+def test_upload_refuses_metrics_that_are_not_the_evaluations(gcs_client, tmp_path):
+    """A hand-edited miou in export.json: the evaluation of the model's weights says otherwise."""
+    from test_upload import make_model_dir
+
+    gcs_client.create_bucket("published")
+    export = fake_export(tmp_path)
+    model = make_model_dir(tmp_path)
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    scored = {"miou": 0.41, "pixel_accuracy": 0.8, "class_iou": {}, "classes_scored": 4,
+              "pixels_scored": 100, "images": 2,
+              "evaluation": {"model_weights_sha256": model_folder.weights_digest(model),
+                             "resize": "stretch"}}  # fmt: skip
+    (evaluation / "metrics.json").write_text(json.dumps(scored))
+    record = json.loads((export / "export.json").read_text())
+    (export / "export.json").write_text(json.dumps({**record, "metrics": {"miou": 0.99}}))
+    result = upload_stage(export, "--model-dir", str(model), "--evaluation-dir", str(evaluation))
+    assert_refused(result, "export.json's metrics are not the evaluation's")
+    assert "(miou 0.99, evaluated 0.41)" in result.stderr
     assert list(gcs_client.list_blobs("published")) == []
 
 

@@ -232,6 +232,8 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
         assert artifact_sources(upload) == {
             "exported": ("input", "pipelinechannel--convert-with-resources-Output"),
             "model": ("input", model[1]),  # the model that was converted
+            # its evaluation: the manifest's metrics must be these
+            "evaluation": ("input", "pipelinechannel--evaluate-evaluation"),
         }
         versions[name] = upload["inputs"]["parameters"]["version"]
     assert versions == {
