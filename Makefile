@@ -151,6 +151,8 @@ run-component: ## Run one stage's image on DATA mounted at /data: STEP=prepare A
 # The template Vertex runs, through the emulator (pipelines/emulator/): the export image stands
 # in for the GPU train image, which also has the ImageNet weights, so init is random by default.
 pipeline-local: setup ## Run the Vertex template here, each step in its image (PARAMS="...")
+	@command -v $(CONTAINER_ENGINE) >/dev/null || { echo "error: $(CONTAINER_ENGINE) not found:" \
+	  "install docker or podman (then CONTAINER_ENGINE=podman)" >&2; exit 2; }
 	$(MAKE) images IMAGE_REGISTRY=localhost IMAGES="$(LOCAL_IMAGES)"
 	$(MAKE) pipeline-compile IMAGE_REGISTRY=localhost PIPELINE_FILE=$(PIPELINE_ROOT)/pipeline.yaml
 	$(PY) -m pipelines local --template $(PIPELINE_ROOT)/pipeline.yaml \

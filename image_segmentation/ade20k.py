@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import storage
+from image_segmentation import disk, storage
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -228,14 +228,19 @@ def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator
     if not (dataset.is_file() and on_fuse_mount(dataset)):
         yield dataset
         return
-    with _scratch_folder(scratch_dir) as scratch:
+    with _scratch_folder(scratch_dir, dataset.stat().st_size) as scratch:
         log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
-        yield Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
+        with disk.disk_full_error(scratch / ARCHIVE_NAME, dataset.stat().st_size):
+            yield Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
 
 
 @contextlib.contextmanager
-def _scratch_folder(scratch_dir: Path | None) -> Iterator[Path]:
-    if scratch_dir is not None:
-        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=scratch_dir) as folder:
-        yield Path(folder)
+def _scratch_folder(scratch_dir: Path | None, size: int | None = None) -> Iterator[Path]:
+    """A temporary folder for the zip in `scratch_dir` (default: the system's), checked to be a
+    writable folder with room for `size` bytes before anything is copied."""
+    folder = Path(scratch_dir if scratch_dir is not None else tempfile.gettempdir())
+    with disk.usable_folder(folder, "--scratch-dir"):
+        if size is not None:
+            disk.check_free_space([(folder, size)], "the dataset zip")
+        with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=folder) as scratch:
+            yield Path(scratch)

@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from image_segmentation import files
+from image_segmentation import disk, files
 from image_segmentation.errors import StageError
 
 DIRECTORY = "checkpoints"  # under the output dir
@@ -61,8 +61,11 @@ def save(directory: Path, model: keras.Model, epoch: int, history: list[dict], r
     best epoch's.
 
     The file appears only when complete, so a kill mid-write leaves the previous checkpoint as
-    the latest.
+    the latest; the partial file such a kill leaves (as large as a checkpoint) is removed here
+    by the next save, since one run at a time writes the folder (`disk.sole_writer`).
     """
+    for leftover in Path(directory).glob(".epoch-*.partial"):
+        leftover.unlink(missing_ok=True)
     arrays = {name: variable.numpy() for name, variable in _variables(model).items()}
     arrays[STATE] = np.array(json.dumps({"epoch": epoch, "history": history, "run": run}))
     path = path_of(directory, epoch)
@@ -71,7 +74,8 @@ def save(directory: Path, model: keras.Model, epoch: int, history: list[dict], r
         with open(part, "wb") as file:  # a file, since np.savez adds ".npz" to a name
             np.savez(file, **arrays)
 
-    files.atomic_write(path, write)
+    with disk.disk_full_error(path, None):
+        files.atomic_write(path, write)
     best = path_of(directory, best_epoch(history))
     for old in list_checkpoints(directory)[:-KEEP]:
         if old != best:

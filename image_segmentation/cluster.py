@@ -9,11 +9,13 @@ Kubeflow executor output (cli.py).
 """
 
 import json
+import re
 from collections.abc import Mapping
 
 from image_segmentation.errors import StageError
 
 CHIEF, WORKER = "chief", "worker"
+_HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}")
 VERTEX_POOLS = {"workerpool0": CHIEF, "workerpool1": WORKER}
 
 
@@ -59,6 +61,14 @@ def check_tf_config(config: dict, name: str = "TF_CONFIG") -> dict:
     addresses, index = cluster.get(task.get("type")), task.get("index")
     if not (isinstance(addresses, list) and isinstance(index, int) and 0 <= index < len(addresses)):
         raise StageError(f"{name}: task {json.dumps(task)} is not in its cluster")
+    bad = [
+        address
+        for pool in cluster.values()
+        for address in (pool if isinstance(pool, list) else [pool])
+        if not _HOST_PORT.fullmatch(str(address))
+    ]
+    if bad:
+        raise StageError(f"{name}: {json.dumps(bad[0])} is not an address like host:port")
     return config
 
 

@@ -1,11 +1,17 @@
-"""The local folders a stage writes into: checked before any work, removed again when a failed
-run leaves them empty, and a full disk told in one line instead of a traceback."""
+"""The local folders a stage writes into: checked before any work, held by one run at a time,
+removed again when a failed run leaves them empty, and a full disk told in one line instead of
+a traceback."""
 
 import contextlib
 import errno
+import json
 import os
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from image_segmentation.errors import StageError
@@ -36,6 +42,112 @@ def usable_folder(path: Path, option: str) -> Iterator[None]:
                 folder.rmdir()
             except OSError:  # not empty (or never made): everything above it stays too
                 break
+
+
+LEASE_FILE = ".writer.json"
+LEASE_SECONDS = 120.0  # a lease not renewed for this long belongs to a run that died
+RENEW_SECONDS = 20.0
+
+
+@contextlib.contextmanager
+def sole_writer(folder: Path, option: str) -> Iterator[None]:
+    """Hold `folder` for this run alone while the block runs; a second run into it is refused
+    at once, naming the first.
+
+    The hold is a small lease file in the folder, created exclusively and renewed by a thread
+    every RENEW_SECONDS. A run that is killed leaves it behind, but it never sticks: the next
+    run takes it over at once when its holder ran on this machine and is gone, and otherwise
+    once it is LEASE_SECONDS old. It is a plain file, so it works on a Cloud Storage FUSE mount
+    and between machines too; taking over a dead run's lease is not atomic there.
+    """
+    path = Path(folder) / LEASE_FILE
+    _acquire(path, option)
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(path, stop), daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        path.unlink(missing_ok=True)
+
+
+def _acquire(path: Path, option: str) -> None:
+    holder = {}
+    for _ in range(2):  # once more after removing an abandoned lease
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = _read_lease(path)
+            if not _abandoned(path, holder):
+                break
+            path.unlink(missing_ok=True)
+            continue
+        me = {"pid": os.getpid(), **_process_space(), "started": _now()}
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(me, file)
+        return
+    who = (
+        f"pid {holder['pid']} on {holder.get('host')}, since {holder.get('started')}"
+        if "pid" in holder
+        else "it is just starting"
+    )
+    raise StageError(
+        f"{option} {path.parent} is being written by another run ({who}): wait for it to end, "
+        "or choose another folder"
+    )
+
+
+def _read_lease(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):  # being written this instant, or damaged
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _abandoned(path: Path, holder: dict) -> bool:
+    """Whether the lease's run is gone: on this machine its process no longer exists, or
+    anywhere its lease has not been renewed for LEASE_SECONDS."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age > LEASE_SECONDS:
+        return True
+    here = _process_space()
+    if any(holder.get(key) != value for key, value in here.items()):
+        return False  # another machine or container: its process cannot be looked up here
+    if not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def _process_space() -> dict:
+    """Where a process ID means something: this machine and this PID namespace (containers
+    on one machine share its host name but not its process IDs)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    return {"host": socket.gethostname(), "pid_namespace": namespace}
+
+
+def _renew(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(RENEW_SECONDS):
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def check_writable_file(path: Path, what: str) -> None:
@@ -75,7 +187,7 @@ def check_free_space(needs: list[tuple[Path, int]], name: str) -> None:
         if amount > free:
             raise StageError(
                 f"not enough space in {folder}: {name} needs {amount} bytes there, "
-                f"{free} are free; free some space or choose another --output-dir/--archive-dir"
+                f"{free} are free; free some space or choose another folder"
             )
 
 

@@ -51,6 +51,8 @@ def split_options(argv: list[str]) -> tuple[ExecutorOptions | None, list[str]]:
         executor_input = json.loads(values["--executor-input"])
     except json.JSONDecodeError as error:
         raise StageError(f"--executor-input is not JSON: {error}") from error
+    except RecursionError as error:
+        raise StageError("--executor-input is nested too deeply to be an executor input") from error
     return ExecutorOptions(executor_input, values.get("--metrics-from")), argv
 
 

@@ -357,6 +357,7 @@ def prepare_dataset(
     shard_counts = {"train": train_shards, "val": val_shards}
     with (
         disk.usable_folder(output_dir, "--output-dir"),
+        disk.sole_writer(output_dir, "--output-dir"),
         ade20k.local_dataset(dataset_dir, scratch_dir) as dataset,
     ):
         samples = find_samples(dataset, str(dataset_dir))

@@ -36,11 +36,13 @@ the shared output dir.
 """
 
 import argparse
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import model_folder, shapes
+from image_segmentation import cluster, disk, model_folder, shapes
 from image_segmentation.errors import StageError
 
 CLASS_BALANCING = ("median-frequency", "none")
@@ -253,12 +255,25 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
+@contextlib.contextmanager
+def held(output_dir: Path):
+    """The model folder, made and checked writable, and held by this run alone."""
+    with (
+        disk.usable_folder(output_dir, "--output-dir"),
+        disk.sole_writer(output_dir, "--output-dir"),
+    ):
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     problems = settings_problems(settings)
     if problems:
         raise StageError("; ".join(problems))
-    from image_segmentation import trainer  # TensorFlow: imported when the stage runs
+    # The chief alone writes the model folder, so it alone holds it; the others write nothing.
+    chief = cluster.is_chief(cluster.cluster_config(os.environ))
+    with held(args.output_dir) if chief else contextlib.nullcontext():
+        from image_segmentation import trainer  # TensorFlow: imported when the stage runs
 
-    trainer.train(args.data_dir, args.output_dir, settings)
+        trainer.train(args.data_dir, args.output_dir, settings)
     return 0

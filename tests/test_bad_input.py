@@ -37,6 +37,7 @@ download
   file size limit while copying the zip     incomplete copy removed, no output folder left
 prepare
   --output-dir is a file / below a file     refused before any work, the file untouched
+  --scratch-dir a file / below a file       refused before the zip is copied, no traceback
   no images, zip without its manifest       refused, no output folder left behind
   unknown class, --train-shards 0           refused before any work
   no sample kept (no annotations folder)    refused with the reasons; an earlier output kept
@@ -44,7 +45,12 @@ prepare
                                             left, nor its folder; an earlier output kept
   rerun killed (SIGKILL) midway             the earlier output still read, labels included;
                                             the next run removes what the killed one left
+  a second run into a folder being written  refused at once naming the first (pid, machine),
+                                            which finishes; a killed run's lease is taken
+                                            over at once here, after 120 s from elsewhere
 train
+  a second run into a model folder being    refused before TensorFlow loads, naming the first
+  written (multi-machine: the chief holds)
   --learning-rate inf / nan, --alpha nan,   refused by the command line before TensorFlow
   --loss-weights nan,1,1, --seed -1,        loads, every problem named at once
   --max-class-weight inf, --epochs 0
@@ -87,7 +93,8 @@ executor input
   evaluate --report-html, --metrics-json,   refused before scoring the split
   --confusion-matrix-json, --miou-output
   below a file
-  not JSON, [1, 2], {}, no outputFile       refused in well under a second, before any work
+  not JSON, [1, 2], {}, no outputFile,      refused in well under a second, before any work
+  nested 50,000 deep
   artifact without uri / empty / not list   refused in well under a second, before any work
   artifact metadata not an object           refused in well under a second, before any work
   parameter without outputFile              refused in well under a second, before any work
@@ -97,6 +104,7 @@ command line
   unknown stage                             refused, listing the stages
 """
 
+import contextlib
 import functools
 import io
 import json
@@ -110,6 +118,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +127,8 @@ from conftest import free_port
 from http_fixtures import FileServer
 from test_data_folder import folder_files
 
-from image_segmentation import ade20k, cli, data_folder, labels, model_folder, synthetic
+from image_segmentation import ade20k, cli, data_folder, disk, labels, model_folder, synthetic
+from image_segmentation.errors import StageError
 from image_segmentation.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -478,7 +488,7 @@ def test_not_enough_free_space_is_refused_before_downloading(server, small_disk)
     server.behaviour.files[ZIP_PATH] = data
     result = download(server, disk / "out", *sized(data))
     assert_refused(result, f"not enough space in {disk / 'out'}: {ARCHIVE} needs {len(data)} ")
-    assert "free some space or choose another --output-dir/--archive-dir" in result.stderr
+    assert "free some space or choose another folder" in result.stderr
     assert server.behaviour.seen == [] and os.listdir(disk) == []
 
 
@@ -659,6 +669,85 @@ def test_prepare_killed_midway_through_a_rerun_leaves_the_earlier_output_readabl
     assert sorted(os.listdir(out)) == sorted(["labels.txt", "stats.json", *shards])
 
 
+@contextlib.contextmanager
+def paused_holder(args: list[str], folder: Path) -> Iterator[subprocess.Popen]:
+    """`python -m image_segmentation ARGS` started, and paused (SIGSTOP) as soon as its lease
+    on `folder` is written, so a second run meets it however fast its work would be."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "image_segmentation", *args]
+    with subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + 60
+        while not disk._read_lease(folder / disk.LEASE_FILE):  # created, its holder written
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended"
+            time.sleep(0.001)
+        process.send_signal(signal.SIGSTOP)
+        yield process
+
+
+@pytest.mark.parametrize("scratch", ["a-file", "a-file/below"])
+def test_prepare_refuses_a_scratch_dir_it_cannot_copy_the_zip_into(
+    gcs_client, dataset_zip, tmp_path, scratch
+):
+    """A gs:// zip is copied to --scratch-dir first (on Vertex, the container's disk): a
+    folder that cannot take it is refused before the copy, with no traceback."""
+    gcs_client.create_bucket("mirror").blob(ARCHIVE).upload_from_string(dataset_zip[0])
+    (tmp_path / "a-file").write_text("")
+    result = run_stage("prepare", "--dataset-dir", f"gs://mirror/{ARCHIVE}", "--output-dir",
+                       str(tmp_path / "out"), "--scratch-dir", str(tmp_path / scratch))  # fmt: skip
+    assert_refused(result, "--scratch-dir", alone=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_prepare_into_a_folder_being_written_is_refused(many_samples, tmp_path):
+    """One writer per folder: the second run is refused at once, naming the first, which
+    finishes unharmed; its lease is gone afterwards."""
+    out = tmp_path / "out"
+    args = ["prepare", "--dataset-dir", str(many_samples), "--output-dir", str(out),
+            "--workers", "1"]  # fmt: skip
+    with paused_holder(args, out) as first:
+        second = run_stage(*args)
+        first.send_signal(signal.SIGCONT)
+    assert_refused(
+        second, f"--output-dir {out} is being written by another run (pid {first.pid} on"
+    )
+    assert first.returncode == 0
+    assert data_folder.read_prepared(out).records["train"] > 0
+    assert not (out / disk.LEASE_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("elsewhere", "age", "taken"),
+    [(False, 0, False), (True, 0, False), (True, disk.LEASE_SECONDS + 5, True)],
+)
+def test_a_lease_is_taken_over_only_from_a_run_that_is_gone(tmp_path, elsewhere, age, taken):
+    """A live run's lease holds (here, or on another machine); a dead one's does not stick:
+    on this machine at once, from another machine once it has not been renewed for long."""
+    lease = tmp_path / disk.LEASE_FILE
+    holder = {"pid": os.getpid(), "host": "another-machine" if elsewhere else None}
+    if not elsewhere:
+        holder = {"pid": os.getpid(), **disk._process_space()}
+    lease.write_text(json.dumps({**holder, "started": "earlier"}))
+    os.utime(lease, (time.time() - age, time.time() - age))
+    if taken:
+        with disk.sole_writer(tmp_path, "--output-dir"):
+            assert json.loads(lease.read_text())["host"] != "another-machine"
+        assert not lease.exists()
+    else:
+        refused = pytest.raises(StageError, match="is being written by another run")
+        with refused, disk.sole_writer(tmp_path, "--output-dir"):
+            pass
+        assert lease.exists()
+
+
+def test_a_killed_runs_lease_on_this_machine_is_taken_over_at_once(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lease = tmp_path / disk.LEASE_FILE
+    lease.write_text(json.dumps({"pid": int(dead.stdout), **disk._process_space()}))
+    with disk.sole_writer(tmp_path, "--output-dir"):
+        assert json.loads(lease.read_text())["pid"] == os.getpid()
+
+
 # --- train ------------------------------------------------------------------------------------
 # The train and evaluate cases call the command's entry point, `cli.main`, in this process and
 # read its stderr at the file-descriptor level: in a subprocess each would spend ~10 s
@@ -753,6 +842,21 @@ def test_settings_that_cannot_train_are_refused_before_tensorflow_loads(tmp_path
     if "--image-size" in extra:
         assert "image size 100x100 is not supported" in result.stderr
     assert not (tmp_path / "model").exists()
+
+
+def test_a_second_train_into_a_model_folder_being_written_is_refused(prepared_data, tmp_path):
+    """Two trains into one --output-dir would replace each other's checkpoints and model: the
+    second is refused before TensorFlow loads, naming the first (then SIGKILLed: its lease is
+    taken over by the next run on this machine at once)."""
+    out = tmp_path / "model"
+    args = train_args(prepared_data, out)
+    with paused_holder(args, out) as first:
+        second = run_stage(*args)
+        first.send_signal(signal.SIGKILL)
+    words = f"--output-dir {out} is being written by another run (pid {first.pid} on"
+    assert_refused(second, words)
+    with disk.sole_writer(out, "--output-dir"):  # the killed run's lease does not stick
+        pass
 
 
 def test_a_training_run_that_diverges_stops_and_publishes_nothing(prepared_data, tmp_path, capfd):
@@ -1186,6 +1290,8 @@ def altered(path: str, value: object = _REMOVED) -> str:
         (["--executor-input", VALID],
          f"the executor output {UNWRITABLE}/executor_output.json cannot be written: "
          f"{UNWRITABLE} is a file"),
+        (["--executor-input", "[" * 50_000 + "]" * 50_000],
+         "--executor-input is nested too deeply to be an executor input"),
     ],
 )  # fmt: skip
 def test_a_malformed_executor_input_fails_at_once(server, tmp_path, options, words):

@@ -212,7 +212,7 @@ def test_export_json_lists_files_and_feeds_the_upload_stage(default_export, mode
         f"{i}\t{label}" for i, label in enumerate(LABELS)
     ]
     assert export_folder.require_complete(output) == result
-    info = upload.model_info(result, None)
+    info = upload.model_info(result, None, None)
     assert info["labels"] == LABELS
     assert info["metrics"]["miou"] == 0.41 == result["metrics"]["miou"]
     assert result["preprocessing"] == {
@@ -220,7 +220,7 @@ def test_export_json_lists_files_and_feeds_the_upload_stage(default_export, mode
         "vision_image_crop_and_scale_option": "scaleFill",
     }
     assert "labels" not in info["config"] and info["config"]["alpha"] == 0.25
-    assert upload.model_info(result, model_dir) == info  # the model it was made from
+    assert upload.model_info(result, model_dir, None) == info  # the model it was made from
     assert result["output"] == {"kind": "probabilities", "name": "probabilities",
                                 "shape": [1, 32, 32, 4]}  # fmt: skip
 

@@ -117,6 +117,20 @@ def test_the_chief_is_the_chief_task_or_else_worker_0(machines, task, chief):
             {"CLUSTER_SPEC": '{"cluster": {"workerpool2": ["a:1"]}, "task": {}}'},
             "CLUSTER_SPEC has worker pools workerpool2: only workerpool0",
         ),
+        (
+            {
+                "TF_CONFIG": '{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", '
+                '"index": 0}}'
+            },
+            'TF_CONFIG: "b" is not an address like host:port',
+        ),
+        (
+            {
+                "TF_CONFIG": '{"cluster": {"worker": ["a:1", 7]}, "task": {"type": "worker", '
+                '"index": 0}}'
+            },
+            "TF_CONFIG: 7 is not an address like host:port",
+        ),
     ],
 )
 def test_bad_cluster_descriptions_are_refused(environ, message):

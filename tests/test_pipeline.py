@@ -713,6 +713,15 @@ def test_metrics_written_by_the_stage_at_the_metrics_path(tmp_path):
     assert output["artifacts"]["model"]["artifacts"][0]["metadata"] == {}
 
 
+def read_back(spec: dict, component: str, executor_output: Path, request: dict) -> dict:
+    """The outputs kfp's own reader takes from a step's executor output, as Kubeflow does."""
+    return executor_output_utils.get_outputs_from_executor_output(
+        executor_output_utils.load_executor_output(str(executor_output)),
+        json_format.ParseDict(request, pipeline_spec_pb2.ExecutorInput()),
+        json_format.ParseDict(spec["components"][component], pipeline_spec_pb2.ComponentSpec()),
+    )
+
+
 def test_evaluate_outputs_reach_kubeflow_through_the_executor_output(spec, tmp_path):
     """The files the evaluate stage writes at its outputs' paths, as kfp.local reads them back
     from executor_output.json alone (the parameter file is gone by then)."""
@@ -741,14 +750,7 @@ def test_evaluate_outputs_reach_kubeflow_through_the_executor_output(spec, tmp_p
     assert artifacts["report"]["metadata"] == {}
 
     (tmp_path / "parameters" / "miou").unlink()
-    component = json_format.ParseDict(
-        spec["components"]["comp-evaluate"], pipeline_spec_pb2.ComponentSpec()
-    )
-    read = executor_output_utils.get_outputs_from_executor_output(
-        executor_output_utils.load_executor_output(str(path)),
-        json_format.ParseDict(request, pipeline_spec_pb2.ExecutorInput()),
-        component,
-    )
+    read = read_back(spec, "comp-evaluate", path, request)
     assert read["miou"] == 0.4321  # the value the quality gate compares with min_miou
     assert read["confusion_matrix"].metadata == matrix
     assert read["metrics"].metadata["pixel_accuracy"] == 0.8
@@ -794,14 +796,7 @@ def test_list_and_text_parameter_outputs_reach_kubeflow(spec, tmp_path):
 
     for name in ("worker_pool_specs", "base_output_directory"):
         (tmp_path / "parameters" / name).unlink()
-    component = json_format.ParseDict(
-        spec["components"]["comp-training-job"], pipeline_spec_pb2.ComponentSpec()
-    )
-    read = executor_output_utils.get_outputs_from_executor_output(
-        executor_output_utils.load_executor_output(str(path)),
-        json_format.ParseDict(request, pipeline_spec_pb2.ExecutorInput()),
-        component,
-    )
+    read = read_back(spec, "comp-training-job", path, request)
     assert read["worker_pool_specs"] == pools
     assert read["base_output_directory"] == MODEL_URI
     assert read["model"].uri == str(tmp_path / "model")

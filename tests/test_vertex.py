@@ -301,3 +301,14 @@ def test_missing_settings_name_every_variable(target, settings, missing, tmp_pat
     assert result.returncode != 0
     assert f"{missing} not set: make {target} " in result.stderr
     assert " ".join(f"{name}=..." for name in missing.split()) in result.stderr
+
+
+def test_pipeline_local_without_a_container_engine_says_so(tmp_path):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "pipeline-local", "CONTAINER_ENGINE=no-such-engine",
+         f"PIPELINE_ROOT={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "error: no-such-engine not found: install docker or podman" in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
