@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
         "--substitute", action="append", default=[], metavar="IMAGE=STAND_IN",
         help="run images named IMAGE with STAND_IN instead (repeatable)",
     )  # fmt: skip
+    local.add_argument(
+        "--substitution", choices=("typed", "text"), default="typed",
+        help="how a whole-string placeholder in a constant is filled (Vertex does not say)",
+    )  # fmt: skip
     _add_parameter_options(local)
     return parser
 
@@ -169,7 +173,11 @@ def _run_locally(args: argparse.Namespace) -> int:
     parameters = vertex.parse_parameters(args.template, _parameter_assignments(args))
     try:
         finished = run.emulate(
-            args.template, parameters, runner, cache_file=gcs_dir / ".emulator-cache.json"
+            args.template,
+            parameters,
+            runner,
+            substitution=args.substitution,
+            cache_file=gcs_dir / ".emulator-cache.json",
         )
     except RuntimeError as error:  # a step failed (template.StepFailed), or no way to run one
         print(f"error: {error}", file=sys.stderr)
