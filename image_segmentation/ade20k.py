@@ -221,6 +221,15 @@ def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator
     text = str(dataset_dir)
     if storage.is_gcs_uri(text):
         uri = text if text.endswith(".zip") else f"{text.rstrip('/')}/{ARCHIVE_NAME}"
+        if uri != text:  # a download output folder: complete only with its manifest, as locally
+            folder = text.rstrip("/")
+            with storage.explained_errors(folder):
+                names = storage.list_objects(f"{folder}/")
+            if f"{folder}/{ARCHIVE_NAME}" in names and f"{folder}/{MANIFEST_NAME}" not in names:
+                raise StageError(
+                    f"{folder} holds {ARCHIVE_NAME} but no {MANIFEST_NAME}: the download stage "
+                    "did not finish there (run it again, or give the zip's own gs:// URI)"
+                )
         with _scratch_folder(scratch_dir) as scratch:
             yield storage.download_file(uri, scratch / ARCHIVE_NAME)
         return

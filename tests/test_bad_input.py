@@ -38,6 +38,7 @@ download
 prepare
   --output-dir is a file / below a file     refused before any work, the file untouched
   --scratch-dir a file / below a file       refused before the zip is copied, no traceback
+  gs:// download folder without manifest    refused as the same local folder is (test_prepare)
   no images, zip without its manifest       refused, no output folder left behind
   unknown class, --train-shards 0           refused before any work
   no sample kept (no annotations folder)    refused with the reasons; an earlier output kept

@@ -293,13 +293,18 @@ def test_an_unfinished_download_or_a_file_that_is_not_a_zip_is_refused(bad_zip, 
 
 
 def test_a_zip_in_cloud_storage_is_read_from_a_local_copy(
-    gcs_client, bad_dataset, bad_zip, tmp_path
+    gcs_client, bad_dataset, bad_zip, tmp_path, capsys
 ):
     bucket = gcs_client.create_bucket("pipeline-root")
     bucket.blob(f"run/download/dataset/{ade20k.ARCHIVE_NAME}").upload_from_filename(bad_zip)
     scratch = tmp_path / "scratch"
     argv = ["prepare", "--dataset-dir", "gs://pipeline-root/run/download/dataset/"]
     argv += ["--output-dir", str(tmp_path / "gcs"), "--workers", "1", "--scratch-dir", str(scratch)]
+    # without the manifest the download output is incomplete, as a local folder would be
+    assert cli.main(argv) == 2
+    assert f"holds {ade20k.ARCHIVE_NAME} but no manifest.json" in capsys.readouterr().err
+    # the completion marker only: prepare reads the samples from the zip
+    bucket.blob(f"run/download/dataset/{ade20k.MANIFEST_NAME}").upload_from_string("{}")
     assert cli.main(argv) == 0
     prepare.prepare_dataset(bad_dataset[0], tmp_path / "local", workers=1)
     assert folder_files(tmp_path / "gcs") == folder_files(tmp_path / "local")
