@@ -123,9 +123,9 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
 ):
     """`make pipeline-local` runs the template `make pipeline-compile` writes through the
     Vertex emulator, each step in its image, the training job's machine in the export image,
-    and publishes (min_miou 0). The same run with an impossible min_miou takes every step up to
-    evaluate from the cache, converts and uploads nothing, and succeeds with the reason in its
-    log."""
+    and publishes (min_miou 0). The same run with min_miou 1, out of a tiny model's reach,
+    takes every step up to evaluate from the cache, converts and uploads nothing, and
+    succeeds with the reason in its log."""
     url, sha1, _ = served_zip
     gcs_client.create_bucket("local-models")
     env = {**podman_env, "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"]}
@@ -173,7 +173,7 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
          "--template", str(tmp_path / "pipeline.yaml"), "--gcs-dir", str(tmp_path / "gcs"),
          "--engine", "podman", "--substitute", "image-segmentation-train=image-segmentation-export",
          *(f"--param={p}" for p in [*params.split(), "init=random",
-                                    "destination=gs://local-models/gated", "min_miou=1.01"])],
+                                    "destination=gs://local-models/gated", "min_miou=1"])],
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
     log = ANSI.sub("", gated.stdout + gated.stderr)
@@ -185,7 +185,7 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     assert states["quality-gate"] == "skipped" and "convert" not in states
     miou = evaluation["miou"]
     assert (
-        f"mIoU {miou:.4f} is below min_miou 1.0100: the model was not converted or uploaded" in log
+        f"mIoU {miou:.4f} is below min_miou 1.0000: the model was not converted or uploaded" in log
     )
     assert [blob.name for blob in gcs_client.list_blobs("local-models")] == names
 

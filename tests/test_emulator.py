@@ -164,7 +164,7 @@ def test_a_retry_in_the_same_folder_fails_fast_and_a_rerun_resumes(vertex, capfd
     gcp_resources file and only polls the failed job again: the run fails in seconds. Running
     the same settings again takes the training-job step from the cache, so its new job trains
     into the same model folder and resumes."""
-    gated = {"min_miou": 1.01, "learning_rate": 0.002}  # new settings: a new model folder
+    gated = {"min_miou": 1.0, "learning_rate": 0.002}  # new settings: a new model folder
     with custom_jobs.CustomJobService(steps.ProcessSteps(vertex["gcs"]).start) as service:
         service.preempt_when(new_checkpoint_of_epoch(vertex, 1), times=1)
         with pytest.raises(template.StepFailed, match="train failed after 3 attempt"):
