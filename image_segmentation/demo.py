@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             "upload",
             export_dir=work / "export",
             model_dir=work / "model",
+            evaluation_dir=work / "evaluation",
             destination=f"gs://{BUCKET}/segmentation",
             model_name="living-room",
             version=1,
