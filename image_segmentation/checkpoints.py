@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from image_segmentation import disk, files
-from image_segmentation.errors import StageError
+from image_segmentation.errors import StageError, short_json
 
 DIRECTORY = "checkpoints"  # under the output dir
 INIT_REPORT = "init.json"  # what --init set, for the model's config
@@ -141,7 +141,7 @@ def latest(directory: Path, run: dict) -> Path | None:
     saved = read_state(found[-1])["run"]
     names = [*run, *(name for name in saved if name not in run)]
     differ = [
-        f"{name} {_short(saved.get(name))}, now {_short(run.get(name))}"
+        f"{name} {short_json(saved.get(name))}, now {short_json(run.get(name))}"
         for name in names
         if saved.get(name) != run.get(name)
     ]
@@ -167,8 +167,3 @@ def read_init_report(directory: Path) -> dict | None:
 
 def _names(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_segmentation import disk
-from image_segmentation.errors import StageError
+from image_segmentation.errors import StageError, short_json
 
 # Where a remote artifact URI is mounted in the container (as kfp's Artifact.path maps it).
 _MOUNTS = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
@@ -61,7 +61,8 @@ def check_executor_input(options: ExecutorOptions) -> None:
     executor output, before the stage does any work (a lost download or training run)."""
     executor_input = options.executor_input
     if not isinstance(executor_input, dict):
-        raise StageError(f"--executor-input must be a JSON object, got {_short(executor_input)}")
+        got = short_json(executor_input)
+        raise StageError(f"--executor-input must be a JSON object, got {got}")
     outputs = _field(executor_input, "outputs", dict, "outputs")
     _field(outputs, "outputFile", str, "outputs.outputFile")
     for name, entry in _field(outputs, "artifacts", dict, "outputs.artifacts", {}).items():
@@ -94,14 +95,9 @@ def _field(parent: object, key: str, kind: type, where: str, default: object = _
     if value is _MISSING:
         raise StageError(f"--executor-input has no {where}")
     if not isinstance(value, kind) or (kind is str and not value):
-        raise StageError(f"--executor-input: {where} must be a {_KINDS[kind]}, got {_short(value)}")
+        got = short_json(value)
+        raise StageError(f"--executor-input: {where} must be a {_KINDS[kind]}, got {got}")
     return value
-
-
-def _short(value: object) -> str:
-    """A JSON value as it appears in an error: cut short."""
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def local_path(uri: str) -> Path:
@@ -177,7 +173,7 @@ def _read_parameter(name: str, path: Path, kind: type) -> object:
     ):
         return float(value)
     wanted = "a list" if kind is list else "a number"
-    raise StageError(f"output parameter {name!r}: {path} holds {_short(value)}, not {wanted}")
+    raise StageError(f"output parameter {name!r}: {path} holds {short_json(value)}, not {wanted}")
 
 
 def metrics_source(options: ExecutorOptions, artifacts: dict[str, dict]) -> Path | None:

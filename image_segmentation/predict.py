@@ -159,8 +159,9 @@ def check_tflite(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     remote = [text for text in args.photos if text.startswith("gs://")]
-    local = [text for text in args.photos if not text.startswith("gs://")]
-    local = find_photos(local, args.output_dir)
+    local = find_photos(
+        [text for text in args.photos if not text.startswith("gs://")], args.output_dir
+    )
     if args.model_dir is not None:
         model_folder.require_complete(args.model_dir)  # refused now, not after TensorFlow loads
     else:

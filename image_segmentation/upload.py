@@ -32,7 +32,7 @@ from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
 from image_segmentation import cli, evaluate, export_folder, files, model_folder, storage
-from image_segmentation.errors import StageError
+from image_segmentation.errors import StageError, short_json
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,10 @@ def model_info(record: dict, model_dir: Path | None, evaluation_dir: Path | None
     if evaluation_dir is not None:
         evaluated = evaluate.published_metrics(evaluation_dir, model_dir)
         if evaluated != metrics:
+            claimed = short_json((metrics or {}).get("miou"))
             raise StageError(
                 f"export.json's metrics are not the evaluation's in {evaluation_dir} (miou "
-                f"{_short((metrics or {}).get('miou'))}, evaluated {evaluated['miou']}): export "
-                "again from it"
+                f"{claimed}, evaluated {evaluated['miou']}): export again from it"
             )
     return {
         "labels": config["labels"],
@@ -161,13 +161,13 @@ def check_metrics(metrics: object) -> None:
         return
     problems = []
     if not isinstance(metrics, dict):
-        raise StageError(f"export.json's metrics are not a JSON object: {_short(metrics)}")
+        raise StageError(f"export.json's metrics are not a JSON object: {short_json(metrics)}")
     for key in ("miou", "pixel_accuracy"):
         if key in metrics and not _fraction_or_none(metrics[key]):
-            problems.append(f"{key} is {_short(metrics[key])}, not a number from 0 to 1")
+            problems.append(f"{key} is {short_json(metrics[key])}, not a number from 0 to 1")
     class_iou = metrics.get("class_iou", {})
     if not isinstance(class_iou, dict) or not all(map(_fraction_or_none, class_iou.values())):
-        problems.append(f"class_iou is {_short(class_iou)}, not numbers from 0 to 1 by class")
+        problems.append(f"class_iou is {short_json(class_iou)}, not numbers from 0 to 1 by class")
     if problems:
         raise StageError(
             f"export.json's metrics are not the evaluate stage's: {'; '.join(problems)}"
@@ -179,11 +179,6 @@ def _fraction_or_none(value: object) -> bool:
         return True
     number = isinstance(value, int | float) and not isinstance(value, bool)
     return number and math.isfinite(value) and 0 <= value <= 1
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_same_labels(exported: list[str], trained: list[str], model_dir: Path) -> None:
