@@ -237,9 +237,10 @@ def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator
     if not (dataset.is_file() and on_fuse_mount(dataset)):
         yield dataset
         return
-    with _scratch_folder(scratch_dir, dataset.stat().st_size) as scratch:
+    size = dataset.stat().st_size
+    with _scratch_folder(scratch_dir, size) as scratch:
         log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
-        with disk.disk_full_error(scratch / ARCHIVE_NAME, dataset.stat().st_size):
+        with disk.disk_full_error(scratch / ARCHIVE_NAME, size):
             yield Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
 
 

@@ -121,11 +121,7 @@ class Finite(keras.callbacks.Callback):
             )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        broken = [
-            w.path
-            for w in self.model.weights
-            if not np.isfinite(keras.ops.convert_to_numpy(w)).all()
-        ]
+        broken = icnet.non_finite_weights(self.model)
         if broken:
             raise StageError(
                 f"the training diverged in epoch {self.epoch}: after its last step {len(broken)} "

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from image_segmentation import shapes
@@ -241,6 +242,11 @@ def build_icnet(num_classes: int, image_size: tuple[int, int], alpha: float = 1.
         "sub4_out": classifier(conv5_4_up, num_classes, "sub4_out"),
     }
     return keras.Model(image, outputs, name="icnet")
+
+
+def non_finite_weights(model: keras.Model) -> list[str]:
+    """The paths of the model's weights that hold NaN or infinity: a run that diverged."""
+    return [w.path for w in model.weights if not np.isfinite(ops.convert_to_numpy(w)).all()]
 
 
 def inference_model(training_model: keras.Model) -> keras.Model:

@@ -5,7 +5,6 @@ import warnings
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from image_segmentation import icnet, model_folder
 from image_segmentation.errors import StageError
@@ -34,7 +33,7 @@ def build_with_weights(
             raise StageError(f"{refusal}: {weights_error(error)}") from error
     for warning in caught:  # a load that went through keeps its warnings
         warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    broken = [w.path for w in model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()]
+    broken = icnet.non_finite_weights(model)
     if broken:
         raise StageError(
             f"{refusal}: {len(broken)} of {len(model.weights)} weight arrays hold NaN or "
