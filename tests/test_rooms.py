@@ -1,0 +1,139 @@
+"""The realistic generator: ADE20K's layout and file formats, seeded, and ADE20K-like statistics.
+
+Statistics are measured on 20 photos at ADE20K sizes (seed 1): what the learning benchmark
+trains on must be as unbalanced as real living-room data, with unlabelled seams along boundaries
+and other scenes mixed in.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ADE_SAMPLE
+from PIL import Image, JpegImagePlugin
+
+from image_segmentation import ade20k, labels, prepare, rooms
+
+SMALL_SIZES = ((120, 160), (160, 120))
+WHITELIST = labels.parse_whitelist(labels.LIVING_ROOM_WHITELIST)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file below `folder` by relative path: its SHA-1."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """5 training and 3 validation samples, small, seed 0."""
+    root = tmp_path_factory.mktemp("rooms")
+    return rooms.generate_rooms(root, 5, 3, sizes=SMALL_SIZES, seed=0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """20 (scene, image, mask) at ADE20K sizes, as generate_rooms draws them for seed 1."""
+    drawn = []
+    for number in range(1, 21):
+        rng = np.random.default_rng([1, 0, number])
+        height, width = rooms.PHOTO_SIZES[rng.integers(len(rooms.PHOTO_SIZES))]
+        drawn.append(rooms.render_photo(rng, height, width))
+    return drawn
+
+
+def test_layout_is_ade_challenge_data_and_prepare_keeps_every_sample(dataset, tmp_path):
+    assert dataset.name == ade20k.DATASET_DIR
+    files = tree_digest(dataset)
+    names = {f"ADE_train_{i:08d}" for i in range(1, 6)} | {f"ADE_val_{i:08d}" for i in (1, 2, 3)}
+    expected = {"objectInfo150.txt", "sceneCategories.txt"}
+    for name in names:
+        split = "training" if "train" in name else "validation"
+        expected |= {f"images/{split}/{name}.jpg", f"annotations/{split}/{name}.png"}
+    assert set(files) == expected
+    package_list = Path(labels.__file__).with_name("objectInfo150.txt").read_bytes()
+    assert (dataset / "objectInfo150.txt").read_bytes() == package_list
+    scenes = dict(
+        line.split() for line in (dataset / "sceneCategories.txt").read_text().splitlines()
+    )
+    assert set(scenes) == names and set(scenes.values()) <= set(rooms.SCENES)
+    for name in names:
+        split = "training" if "train" in name else "validation"
+        image = Image.open(dataset / "images" / split / f"{name}.jpg")
+        mask = Image.open(dataset / "annotations" / split / f"{name}.png")
+        assert (image.format, image.mode, mask.format, mask.mode) == ("JPEG", "RGB", "PNG", "L")
+        assert image.size == mask.size and image.size[::-1] in SMALL_SIZES
+        assert np.asarray(mask).max() <= labels.NUM_ADE_CLASSES
+
+    stats = prepare.prepare_dataset(
+        dataset, tmp_path, labels.LIVING_ROOM_WHITELIST, threshold=0.0, workers=1
+    )
+    assert stats["splits"]["train"]["kept"] == 5 and stats["splits"]["val"]["kept"] == 3
+    assert sum(stats["splits"]["train"]["skipped"].values()) == 0
+    assert stats["splits"]["train"]["unlabelled_pixels"] > 0
+
+
+def test_a_seed_gives_the_same_files_and_another_seed_others(dataset, tmp_path):
+    again = rooms.generate_rooms(tmp_path / "again", 5, 3, sizes=SMALL_SIZES, seed=0, workers=2)
+    assert tree_digest(again) == tree_digest(dataset)
+    other = tree_digest(rooms.generate_rooms(tmp_path / "other", 5, 3, sizes=SMALL_SIZES, seed=1))
+    ours = tree_digest(dataset)
+    assert all(other[path] != ours[path] for path in ours if path.endswith((".jpg", ".png")))
+
+
+def test_photos_are_saved_as_ade20k_saves_them(dataset):
+    """JPEG quality 75 with 4:2:0 chroma subsampling: the quantization tables of ADE20K's own."""
+    real = Image.open(next((ADE_SAMPLE / "images").glob("*.jpg")))
+    for path in (dataset / "images").rglob("*.jpg"):
+        photo = Image.open(path)
+        assert JpegImagePlugin.get_sampling(photo) == JpegImagePlugin.get_sampling(real) == 2
+        assert photo.quantization == real.quantization
+
+
+def test_unlabelled_seams_run_along_boundaries(photos):
+    """Unlabelled pixels are thin lines (a few small unannotated things aside), most of them
+    where two labelled classes meet."""
+    seams = near_boundary = 0
+    for _, _, mask in photos:
+        unlabelled = mask == 0
+        assert 0.002 < unlabelled.mean() < 0.05
+        # the labelled classes within two pixels: the largest and the smallest
+        padded = np.pad(mask.astype(np.int16), 2, mode="edge")
+        high = np.full(mask.shape, -1, dtype=np.int16)
+        low = np.full(mask.shape, 999, dtype=np.int16)
+        for dy in range(5):
+            for dx in range(5):
+                window = padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+                high = np.maximum(high, np.where(window > 0, window, -1))
+                low = np.minimum(low, np.where(window > 0, window, 999))
+        assert (high[unlabelled] >= 0).mean() > 0.9
+        seams += unlabelled.sum()
+        near_boundary += (high[unlabelled] > low[unlabelled]).sum()
+    assert near_boundary / seams > 0.75
+
+
+def test_small_classes_are_small_and_none_is_the_largest(photos):
+    counts = sum(
+        np.bincount(WHITELIST.lookup_table()[mask].ravel(), minlength=256) for _, _, mask in photos
+    )
+    share = dict(zip(WHITELIST.labels, counts[: WHITELIST.num_classes] / counts.sum(), strict=True))
+    assert 0.0003 < share["lamp"] < 0.004
+    for small in ("pillow", "chair", "coffee table, cocktail table"):
+        assert 0.001 < share[small] < 0.015, small
+    assert share[labels.NONE_LABEL] == max(share.values()) > 0.35
+    assert all(share[label] > 0 for label in WHITELIST.labels)
+
+
+def test_other_scenes_hold_no_living_room_class(photos):
+    scenes = [scene for scene, _, _ in photos]
+    assert {"living_room", "street"} <= set(scenes) and {"kitchen", "office"} & set(scenes)
+    assert 0.3 < sum(scene not in ("living_room", "bedroom") for scene in scenes) / 20 < 0.7
+    table = WHITELIST.lookup_table()
+    for scene, image, mask in photos:
+        assert image.shape == (*mask.shape, 3) and image.dtype == np.uint8
+        if scene == "street":
+            assert set(np.unique(table[mask])) <= {0, labels.IGNORE}
