@@ -230,8 +230,12 @@ def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator
                     f"{folder} holds {ARCHIVE_NAME} but no {MANIFEST_NAME}: the download stage "
                     "did not finish there (run it again, or give the zip's own gs:// URI)"
                 )
-        with _scratch_folder(scratch_dir) as scratch:
-            yield storage.download_file(uri, scratch / ARCHIVE_NAME)
+        with storage.explained_errors(uri):
+            size = storage.object_size(uri)
+        with _scratch_folder(scratch_dir, size) as scratch:
+            with disk.disk_full_error(scratch / ARCHIVE_NAME, size):
+                path = storage.download_file(uri, scratch / ARCHIVE_NAME)
+            yield path
         return
     dataset = locate(Path(text))
     if not (dataset.is_file() and on_fuse_mount(dataset)):
@@ -241,7 +245,8 @@ def local_dataset(dataset_dir: str | Path, scratch_dir: Path | None) -> Iterator
     with _scratch_folder(scratch_dir, size) as scratch:
         log.info("copying %s to %s: reading it in place over FUSE would be slow", dataset, scratch)
         with disk.disk_full_error(scratch / ARCHIVE_NAME, size):
-            yield Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
+            path = Path(shutil.copyfile(dataset, scratch / ARCHIVE_NAME))
+        yield path
 
 
 @contextlib.contextmanager
@@ -251,6 +256,6 @@ def _scratch_folder(scratch_dir: Path | None, size: int | None = None) -> Iterat
     folder = Path(scratch_dir if scratch_dir is not None else tempfile.gettempdir())
     with disk.usable_folder(folder, "--scratch-dir"):
         if size is not None:
-            disk.check_free_space([(folder, size)], "the dataset zip")
+            disk.check_free_space([(folder, size)], "the dataset zip copied to --scratch-dir")
         with tempfile.TemporaryDirectory(prefix="prepare-dataset-", dir=folder) as scratch:
             yield Path(scratch)

@@ -14,7 +14,7 @@ import os
 import sys
 
 from image_segmentation import cluster, kfp_executor
-from image_segmentation.errors import StageError
+from image_segmentation.errors import StageError, Stopped
 
 STAGES = {
     "download": ("image_segmentation.download", "Download and verify the ADE20K zip."),
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except StageError as error:
         return _error(error)
+    except Stopped as stopped:
+        _error(stopped)
+        return stopped.status
 
 
 def positive_seconds(text: str) -> float:

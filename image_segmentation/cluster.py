@@ -6,17 +6,27 @@ TF_CONFIG (task types "chief" and "worker") and in CLUSTER_SPEC (pool names); TF
 used when set, CLUSTER_SPEC is translated when it is the only one. A cluster of one task is
 one machine and trains like a plain step. Only the chief writes outputs, including the
 Kubeflow executor output (cli.py).
+
+Machines start in any order, minutes apart, and TensorFlow waits for a missing one silently,
+forever, deaf to SIGTERM (`wait_for_peers` runs first, in Python, for that reason).
 """
 
+import contextlib
 import json
+import logging
 import re
+import signal
+import socket
+import time
 from collections.abc import Mapping
 
-from image_segmentation.errors import StageError
+from image_segmentation.errors import StageError, Stopped
 
 CHIEF, WORKER = "chief", "worker"
 _HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}")
 VERTEX_POOLS = {"workerpool0": CHIEF, "workerpool1": WORKER}
+PEER_TIMEOUT = 900  # seconds: GPU machines of one job can start several minutes apart
+log = logging.getLogger(__name__)
 
 
 def _parse(name: str, text: str) -> dict:
@@ -101,3 +111,84 @@ def task_name(config: dict | None) -> str:
     if config is None:
         return "one machine"
     return f"{config['task']['type']} {config['task']['index']}"
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def _listening(address: str) -> bool:
+    try:
+        with socket.create_connection(_split_address(address), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_peers(config: dict, timeout: float, poll: float = 1.0, report: float = 30.0) -> None:
+    """Return once every other machine of the cluster is up, or refuse after `timeout` seconds,
+    naming the ones that never came.
+
+    TensorFlow itself waits for its peers inside a C++ call that neither logs (its messages
+    are hidden) nor ends on SIGTERM, so the wait happens here first, in Python: this machine
+    listens on its own port (so the others see it) and probes theirs until all answer, then
+    frees its port for TensorFlow's server.
+    """
+    me = config["cluster"][config["task"]["type"]][config["task"]["index"]]
+    peers = {
+        f"{task_type} {index}": address
+        for task_type, addresses in config["cluster"].items()
+        for index, address in enumerate(addresses)
+        if address != me
+    }
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", _split_address(me)[1]))
+    except OSError as error:
+        listener.close()
+        raise StageError(f"{task_name(config)} cannot listen on {me}: {error}") from error
+    with listener:
+        listener.listen(16)
+        start, reported, missing = time.monotonic(), None, peers
+        while True:
+            missing = {
+                name: address for name, address in missing.items() if not _listening(address)
+            }
+            waited = time.monotonic() - start
+            if not missing:
+                log.info("%s: the other %d machine(s) are up", task_name(config), len(peers))
+                return
+            names = ", ".join(f"{name} at {address}" for name, address in missing.items())
+            if waited >= timeout:
+                raise StageError(
+                    f"{task_name(config)} gave up after {timeout:g} s (--peer-timeout): "
+                    f"{names} never started"
+                )
+            if reported is None or time.monotonic() - reported >= report:
+                log.info(
+                    "%s: waiting for %s (%.0f of %g s)", task_name(config), names, waited, timeout
+                )
+                reported = time.monotonic()
+            time.sleep(poll)
+
+
+def _stop(signum, frame):
+    raise Stopped(
+        "stopped by SIGTERM (Vertex AI cancels and preempts with it); a rerun into the same "
+        "--output-dir resumes after the last completed epoch",
+        signum,
+    )
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within it SIGTERM ends the run with an error line and runs its `finally` blocks (the
+    model folder's lease is freed) instead of killing it mid-write or, on several machines,
+    being ignored (see `distribute.make_strategy`)."""
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,8 @@
 The cluster itself (who is who, who is the chief) is cluster.py's.
 """
 
+import signal
+
 import tensorflow as tf
 
 
@@ -25,7 +27,12 @@ def make_strategy(config: dict | None) -> tf.distribute.Strategy:
         num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))},
         rpc_layer="grpc",
     )
-    return KerasMultiWorkerStrategy(cluster_resolver=resolver)
+    strategy = KerasMultiWorkerStrategy(cluster_resolver=resolver)
+    # Its coordination service replaced the SIGTERM handler with one that only takes note (for
+    # TensorFlow's own preemption handling, unused here): give the signal back to the stage.
+    handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    return strategy
 
 
 class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):

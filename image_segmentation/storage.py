@@ -136,6 +136,15 @@ def download_file(
     return dest
 
 
+def object_size(uri: str, client: storage.Client | None = None, retry: Retry = RETRY) -> int:
+    """The size in bytes of the object `uri`, to check for room before downloading it."""
+    bucket_name, name = split_gcs_uri(uri)
+    blob = (client or gcs_client()).bucket(bucket_name).get_blob(name, retry=retry)
+    if blob is None:
+        raise StageError(f"{uri} does not exist")
+    return blob.size
+
+
 def list_objects(uri: str, client: storage.Client | None = None, retry: Retry = RETRY) -> list[str]:
     """The gs:// URIs of the objects under a prefix (`gs://bucket/folder/`), sorted."""
     bucket_name, prefix = split_gcs_uri(uri)

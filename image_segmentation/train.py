@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_segmentation import cluster, disk, model_folder, shapes
+from image_segmentation import cli, cluster, disk, model_folder, shapes
 from image_segmentation.errors import StageError
 
 CLASS_BALANCING = ("median-frequency", "none")
@@ -204,6 +204,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="float16 compute (auto: on when a GPU is visible)",
     )
     add("--seed", type=int, default=defaults.seed, help="weights init, shuffling, augmentation")
+    add(
+        "--peer-timeout",
+        type=cli.positive_seconds,
+        default=cluster.PEER_TIMEOUT,
+        help="on several machines: seconds to wait for the others to start (default %(default)s)",
+    )
 
 
 def settings_problems(settings: TrainSettings) -> list[str]:
@@ -270,9 +276,12 @@ def run(args: argparse.Namespace) -> int:
     problems = settings_problems(settings)
     if problems:
         raise StageError("; ".join(problems))
+    config = cluster.cluster_config(os.environ)
     # The chief alone writes the model folder, so it alone holds it; the others write nothing.
-    chief = cluster.is_chief(cluster.cluster_config(os.environ))
-    with held(args.output_dir) if chief else contextlib.nullcontext():
+    chief = cluster.is_chief(config)
+    with cluster.stop_on_sigterm(), held(args.output_dir) if chief else contextlib.nullcontext():
+        if config:
+            cluster.wait_for_peers(config, args.peer_timeout)
         from image_segmentation import trainer  # TensorFlow: imported when the stage runs
 
         trainer.train(args.data_dir, args.output_dir, settings)

@@ -93,3 +93,27 @@ def gcs_client(gcs_emulator):
     yield client
     for bucket in client.list_buckets():
         bucket.delete(force=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mounts a tmpfs of a given size (and options such as "ro") under tmp_path; unmounted after
+    the test. Skips the test where mounting is not permitted."""
+    points = []
+
+    def mount(size: str, *options: str) -> Path:
+        point = tmp_path / f"disk{len(points)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", point],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        points.append(point)
+        return point
+
+    yield mount
+    for point in points:
+        subprocess.run(["umount", point], check=True)

@@ -38,6 +38,7 @@ download
 prepare
   --output-dir is a file / below a file     refused before any work, the file untouched
   --scratch-dir a file / below a file       refused before the zip is copied, no traceback
+  --scratch-dir too small for a gs:// zip   refused before the copy, naming the sizes
   gs:// download folder without manifest    refused as the same local folder is (test_prepare)
   no images, zip without its manifest       refused, no output folder left behind
   unknown class, --train-shards 0           refused before any work
@@ -62,6 +63,11 @@ train
   --fine-tune-from a truncated weights file refused naming the file; no model folder written
   --fine-tune-from weights of other classes refused in one short line (no weight values);
   (no config.json beside them)              no model folder written
+  disk fills up writing a checkpoint        refused naming the file and the free bytes; no
+                                            .partial file, no model folder
+  several machines: a peer never starts,    the awaited machines logged, refused after
+  SIGTERM while waiting or training         --peer-timeout; a SIGTERM ends the run at once
+                                            (exit 143): test_multiworker.py
 evaluate
   no weights, truncated weights             refused naming the file; no output folder left
   weights holding NaN                       refused (so are export and predict, which load
@@ -101,6 +107,8 @@ executor input
   parameter without outputFile              refused in well under a second, before any work
   --metrics-from naming no output           refused in well under a second, before any work
   --metrics-from alone, no value, no stage  refused in well under a second, before any work
+predict (test_predict.py)
+  output disk fills up                      refused naming the file and the free bytes
 command line
   unknown stage                             refused, listing the stages
 """
@@ -180,30 +188,6 @@ def server(dataset_zip):
     server.behaviour.files[ZIP_PATH] = dataset_zip[0]
     yield server
     server.stop()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """Mounts a tmpfs of a given size (and options such as "ro") under tmp_path; unmounted after
-    the test. Skips the test where mounting is not permitted."""
-    points = []
-
-    def mount(size: str, *options: str) -> Path:
-        point = tmp_path / f"disk{len(points)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", point],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        points.append(point)
-        return point
-
-    yield mount
-    for point in points:
-        subprocess.run(["umount", point], check=True)
 
 
 def download(server: FileServer, out: Path, *args: str, **options):
@@ -699,6 +683,19 @@ def test_prepare_refuses_a_scratch_dir_it_cannot_copy_the_zip_into(
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_refuses_a_scratch_disk_too_small_for_the_zip(
+    gcs_client, dataset_zip, tmp_path, small_disk
+):
+    """On Vertex the zip is copied to the container's disk: its free space is checked first."""
+    gcs_client.create_bucket("mirror").blob(ARCHIVE).upload_from_string(dataset_zip[0])
+    scratch = small_disk("8k")
+    result = run_stage("prepare", "--dataset-dir", f"gs://mirror/{ARCHIVE}", "--output-dir",
+                       str(tmp_path / "out"), "--scratch-dir", str(scratch))  # fmt: skip
+    assert_refused(result, f"{len(dataset_zip[0])} bytes", alone=False)
+    assert "--scratch-dir" in result.stderr.splitlines()[-1]
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
 def test_a_second_prepare_into_a_folder_being_written_is_refused(many_samples, tmp_path):
     """One writer per folder: the second run is refused at once, naming the first, which
     finishes unharmed; its lease is gone afterwards."""
@@ -880,6 +877,15 @@ def test_a_training_run_that_diverges_stops_and_publishes_nothing(prepared_data,
     assert re.search(r"the training diverged (at epoch 1, step \d+|in epoch 1)", line), line
     assert not list(out.glob("checkpoints/epoch-*.npz"))
     assert not (out / model_folder.CONFIG_FILE).exists()
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    prepared_data, small_disk, capfd
+):
+    out = small_disk("256k") / "model"
+    line = refused_in_process(capfd, train_args(prepared_data, out), "No space left on device", alone=False)
+    assert "epoch-0001.npz" in line, line
+    assert not list(out.rglob("*.partial")) and not (out / model_folder.CONFIG_FILE).exists()
 
 
 def test_a_model_folder_with_nan_weights_is_refused(prepared_data, trained_model, tmp_path, capfd):

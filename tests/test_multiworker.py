@@ -1,10 +1,12 @@
 """Training on several machines: the cluster description Vertex AI gives each machine, and a
-chief and a worker as real processes on 127.0.0.1, killed (SIGKILL) after the first epoch and
-restarted, as Vertex restarts a job whose machine was preempted."""
+chief and a worker as real processes on 127.0.0.1, stopped (SIGTERM) after the first epoch and
+restarted, as Vertex restarts a job whose machine was preempted; a machine that never starts."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +19,12 @@ import tensorflow as tf
 from conftest import free_port
 from test_dataset import write_prepared
 
-from image_segmentation import checkpoints, cluster, data_folder, model_folder, train, trainer
+from image_segmentation import checkpoints, cluster, data_folder, disk, model_folder, train, trainer
 from image_segmentation.errors import StageError
 
 TASKS = ("chief", "worker")
 RUN_TIMEOUT = 300  # seconds for one start of both processes
+STOP_TIMEOUT = 30  # seconds a machine may take to end on SIGTERM
 ARGS = [
     "--image-size", "64", "--alpha", "0.25", "--epochs", "2", "--steps-per-epoch", "2",
     "--batch-size", "2", "--learning-rate", "0.002", "--seed", "1",
@@ -182,20 +185,27 @@ def start(task: str, ports: tuple[int, int], output: Path, args: list[str], log:
 
 
 def run_cluster(
-    root: Path, name: str, ports: tuple[int, int], args: list[str], kill_at: Path | None
+    root: Path, name: str, ports: tuple[int, int], args: list[str], stop_at: Path | None
 ):
     """Start the chief and the worker; wait until both exit (one failing ends the run), or
-    SIGKILL both as soon as `kill_at` exists."""
+    SIGTERM both as soon as `stop_at` exists, as Vertex stops a job's machines; SIGKILL what
+    is left after STOP_TIMEOUT."""
     output = Path(args[args.index("--output-dir") + 1])
     logs = {task: root / f"{name}-{task}.log" for task in TASKS}
     processes = {task: start(task, ports, output, args, logs[task]) for task in TASKS}
     deadline = time.monotonic() + RUN_TIMEOUT
     try:
-        while not (kill_at and kill_at.exists()) and time.monotonic() < deadline:
+        while not (stop_at and stop_at.exists()) and time.monotonic() < deadline:
             codes = [process.poll() for process in processes.values()]
             if None not in codes or any(code not in (None, 0) for code in codes):
                 break
             time.sleep(0.05)
+        if stop_at and stop_at.exists():
+            for process in processes.values():
+                process.send_signal(signal.SIGTERM)
+            for process in processes.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(STOP_TIMEOUT)
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -211,21 +221,23 @@ def run_cluster(
 
 @pytest.fixture(scope="module")
 def two_machines(tmp_path_factory) -> SimpleNamespace:
-    """Two machines training on one train shard (fewer files than workers), killed once the
-    chief has checkpointed epoch 1, then the same commands again."""
+    """Two machines training on one train shard (fewer files than workers), stopped (SIGTERM)
+    once the chief has checkpointed epoch 1, then the same commands again."""
     root = tmp_path_factory.mktemp("cluster")
     data = write_prepared(root / "data", num_train=16, num_val=4, shards=1)
     output = root / "model"
     args = ["--data-dir", str(data), "--output-dir", str(output), *ARGS]
     first_checkpoint = output / checkpoints.DIRECTORY / "epoch-0001.npz"
     ports = (free_port(), free_port())  # the restarted machines keep their addresses
-    killed = run_cluster(root, "killed", ports, args, kill_at=first_checkpoint)
-    for task, run in killed.items():
-        assert first_checkpoint.exists() and run.returncode == -9, f"{task}:\n{run.log[-3000:]}"
-    resumed = run_cluster(root, "resumed", ports, args, kill_at=None)
+    stopped = run_cluster(root, "stopped", ports, args, stop_at=first_checkpoint)
+    for task, run in stopped.items():  # TensorFlow's own SIGTERM handler would ignore it
+        assert first_checkpoint.exists(), f"{task}:\n{run.log[-3000:]}"
+        assert run.returncode == 128 + signal.SIGTERM, f"{task}:\n{run.log[-3000:]}"
+        assert run.log.rstrip().splitlines()[-1].startswith("error: stopped by SIGTERM"), task
+    resumed = run_cluster(root, "resumed", ports, args, stop_at=None)
     for task, run in resumed.items():
         assert run.returncode == 0, f"{task}:\n{run.log[-3000:]}"
-    return SimpleNamespace(output=output, first=first_checkpoint, killed=killed, resumed=resumed)
+    return SimpleNamespace(output=output, first=first_checkpoint, stopped=stopped, resumed=resumed)
 
 
 EVENTS = re.compile(r"^events\.out\.tfevents\.\d+\..+\.(\d+)\.\d+\.v2$")  # time.host.pid
@@ -237,7 +249,7 @@ SCALE = re.compile(
 
 @pytest.mark.slow
 def test_both_machines_train_with_the_same_global_batch(two_machines):
-    for runs in (two_machines.killed, two_machines.resumed):
+    for runs in (two_machines.stopped, two_machines.resumed):
         logged = {task: SCALE.search(run.log).groups() for task, run in runs.items()}
         assert logged == {
             "chief": ("chief", "2", "2", "4", "0.004", "0.002"),
@@ -250,7 +262,7 @@ def test_both_machines_train_with_the_same_global_batch(two_machines):
 
 
 @pytest.mark.slow
-def test_a_killed_cluster_resumes_at_epoch_2_on_every_machine(two_machines):
+def test_a_stopped_cluster_resumes_at_epoch_2_on_every_machine(two_machines):
     for task, run in two_machines.resumed.items():
         assert "Epoch 1/2" not in run.log and "Epoch 2/2" in run.log, task
         assert "resuming from epoch-0001.npz (epoch 1 done)" in run.log, task
@@ -271,12 +283,53 @@ def test_only_the_chief_writes_the_output_dir(two_machines):
         checkpoints.DIRECTORY, model_folder.CONFIG_FILE, model_folder.HISTORY_FILE, "logs",
         model_folder.TRAINING_METRICS_FILE, model_folder.WEIGHTS_FILE,
     ])  # fmt: skip
-    for runs in (two_machines.killed, two_machines.resumed):
+    for runs in (two_machines.stopped, two_machines.resumed):
         assert "file system change" not in runs["worker"].log
-    changes = two_machines.killed["chief"].log + two_machines.resumed["chief"].log
+    changes = two_machines.stopped["chief"].log + two_machines.resumed["chief"].log
     for written in (two_machines.first, output / model_folder.CONFIG_FILE):  # atomic writes
         assert f"os.rename {written.resolve()}" in changes
     # TensorBoard event files are written by TensorFlow itself; their names hold the pid.
-    chief_pids = {str(runs["chief"].pid) for runs in (two_machines.killed, two_machines.resumed)}
+    chief_pids = {str(runs["chief"].pid) for runs in (two_machines.stopped, two_machines.resumed)}
     writers = {EVENTS.match(path.name).group(1) for path in (output / "logs").iterdir()}
     assert writers and writers <= chief_pids
+
+
+def waiting_chief(tmp_path: Path, peer_timeout: str) -> tuple[subprocess.Popen, int]:
+    """The chief of a two-machine cluster whose worker never starts."""
+    port, missing = free_port(), free_port()
+    cluster = {"chief": [f"127.0.0.1:{port}"], "worker": [f"127.0.0.1:{missing}"]}
+    env = os.environ | {
+        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    }
+    data = write_prepared(tmp_path / "data", num_train=2, num_val=2)
+    args = ["--data-dir", str(data), "--output-dir", str(tmp_path / "model"), *ARGS]
+    command = [sys.executable, "-m", "image_segmentation", "train", *args]
+    process = subprocess.Popen(
+        [*command, "--peer-timeout", peer_timeout], stderr=subprocess.PIPE, text=True, env=env
+    )
+    return process, missing
+
+
+def test_a_machine_that_never_starts_is_named_and_the_chief_gives_up(tmp_path):
+    process, missing = waiting_chief(tmp_path, "2")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert f"chief 0: waiting for worker 0 at 127.0.0.1:{missing} (0 of 2 s)" in stderr
+    assert stderr.splitlines()[-1] == (
+        f"error: chief 0 gave up after 2 s (--peer-timeout): worker 0 at 127.0.0.1:{missing} "
+        "never started"
+    )
+    assert not (tmp_path / "model" / disk.LEASE_FILE).exists()  # the next run is not refused
+
+
+def test_sigterm_ends_a_machine_that_waits_for_the_others(tmp_path):
+    process, _ = waiting_chief(tmp_path, "600")
+    for line in process.stderr:  # sent once the chief listens for the others
+        if "waiting for worker 0" in line:
+            break
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=STOP_TIMEOUT)[1]
+    assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 10
+    assert stderr.splitlines()[-1].startswith("error: stopped by SIGTERM"), stderr
+    assert not (tmp_path / "model" / disk.LEASE_FILE).exists()

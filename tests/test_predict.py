@@ -253,6 +253,13 @@ def test_unreadable_files_are_skipped_and_named_and_outputs_never_read_back(
     assert not (tmp_path / "o" / "good.labels.labels.png").exists()
 
 
+def test_an_output_disk_that_fills_up_is_one_line(model_dir, small_disk, capsys):
+    out = small_disk("64k") / "out"
+    assert predict(PHOTOS[0], "--model-dir", model_dir, "--output-dir", out) == 2
+    line = error(capsys)
+    assert "No space left on device" in line and "free some space" in line, line
+
+
 def test_gcs_photos_are_downloaded_and_named_by_their_uri(model_dir, gcs_client, tmp_path):
     bucket = gcs_client.create_bucket("photos")
     bucket.blob("rooms/ADE_val_00000003.jpg").upload_from_filename(PHOTOS[2])
