@@ -883,7 +883,8 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
     prepared_data, small_disk, capfd
 ):
     out = small_disk("256k") / "model"
-    line = refused_in_process(capfd, train_args(prepared_data, out), "No space left on device", alone=False)
+    args = train_args(prepared_data, out)
+    line = refused_in_process(capfd, args, "No space left on device", alone=False)
     assert "epoch-0001.npz" in line, line
     assert not list(out.rglob("*.partial")) and not (out / model_folder.CONFIG_FILE).exists()
 
