@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from image_segmentation import export, exporter, icnet, labels, model_folder
+from image_segmentation.contracts import model_folder
+from image_segmentation.data import labels
+from image_segmentation.export import exporter
+from image_segmentation.model import icnet
+from image_segmentation.stages import export
 
 IMAGE_SIZE = (768, 768)
 ALPHAS = (1.0, 0.25)

@@ -24,7 +24,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from benchmarks import bench_train
-from image_segmentation import dataset, icnet, labels, trainer
+from image_segmentation.data import dataset, labels, photo_input
+from image_segmentation.model import icnet
+from image_segmentation.training import trainer
 
 IMAGE_SIZE = (768, 768)
 BATCH_SIZE = 16
@@ -160,7 +162,7 @@ def run() -> dict:
                     ),
                     BATCHES,
                 )
-                for mode in dataset.RESIZE_MODES
+                for mode in photo_input.RESIZE_MODES
             },
             "baseline_train_pipeline_crop": (
                 lambda: baseline_pipeline(shards, target_sizes),
@@ -183,7 +185,7 @@ def run() -> dict:
         "stages": results,
         "speedup_vs_baseline": {
             mode: round(results[f"train_pipeline_{mode}"]["images_per_s"] / baseline, 1)
-            for mode in dataset.RESIZE_MODES
+            for mode in photo_input.RESIZE_MODES
         },
         "load_average": [round(load, 2) for load in loads],  # before and after the timings
         "tensorflow": tf.__version__,

@@ -8,7 +8,7 @@ quality gate's convention. Target: every whitelisted class reaches IoU >= 0.5 an
 is >= 0.75. The same run without class balancing is the comparison (`--class-balance none`).
 
 Those rooms are flat boxes in one colour per class, easy to learn. `--generator rooms` trains and
-scores on `rooms.generate_rooms` instead: photo-like living rooms among kitchens, offices and
+scores on `generate.generate_rooms` instead: photo-like living rooms among kitchens, offices and
 streets, as unbalanced as ADE20K (run as a module: `python -m benchmarks.bench_learning --help`;
 `make bench` runs the default).
 """
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from image_segmentation import cli, labels, rooms, synthetic
+from image_segmentation import cli
+from image_segmentation.data import labels, synthetic
+from image_segmentation.data.rooms import generate
 
 TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 200, 20, 100
 TRAIN_ARGS = ["--image-size", "384", "--alpha", "0.25", "--epochs", "60", "--batch-size", "8"]
-GENERATORS = ("shapes", "rooms")  # synthetic.render_room's boxes, or rooms.render_photo's photos
+GENERATORS = ("shapes", "rooms")  # synthetic.render_room's boxes, or generate.render_photo's photos
 TARGET_CLASS_IOU, TARGET_MIOU = 0.5, 0.75
 
 
@@ -40,7 +42,7 @@ def prepare_rooms(
 ) -> Path:
     """Generated rooms in the ADE20K layout, prepared with the living-room whitelist."""
     if generator == "rooms":
-        dataset = rooms.generate_rooms(root / "ade", num_train, num_val, seed=seed)
+        dataset = generate.generate_rooms(root / "ade", num_train, num_val, seed=seed)
     else:
         dataset = synthetic.generate_ade20k(root / "ade", num_train, num_val, seed=seed, rooms=True)
     data = root / "data"

@@ -27,7 +27,9 @@ import keras
 import numpy as np
 
 from benchmarks import timing
-from image_segmentation import icnet, labels, losses
+from image_segmentation.data import labels
+from image_segmentation.model import icnet
+from image_segmentation.training import losses
 
 LOSS_WEIGHTS = (1.0, 0.4, 0.16)  # train.TrainSettings.loss_weights
 LEARNING_RATE = 1e-3

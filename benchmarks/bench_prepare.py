@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from image_segmentation import ade20k, data_folder, labels, prepare, synthetic
+from image_segmentation.contracts import data_folder
+from image_segmentation.data import ade20k, labels, prepare, synthetic
 
 TARGET_RATIO = 1.5
 

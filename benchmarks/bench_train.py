@@ -19,7 +19,9 @@ import tensorflow as tf
 from PIL import Image
 
 from benchmarks import timing
-from image_segmentation import dataset, labels, records, synthetic, train, trainer
+from image_segmentation.data import dataset, labels, records, synthetic
+from image_segmentation.stages import train
+from image_segmentation.training import trainer
 
 IMAGE_SIZE = (768, 768)
 ALPHA = 0.25

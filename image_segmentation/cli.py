@@ -13,22 +13,34 @@ import math
 import os
 import sys
 
-from image_segmentation import cluster, kfp_executor
+from image_segmentation.cloud import cluster, kfp_executor
 from image_segmentation.errors import StageError, Stopped
 
 STAGES = {
-    "download": ("image_segmentation.download", "Download and verify the ADE20K zip."),
-    "prepare": ("image_segmentation.prepare", "Whitelist-filter ADE20K into TFRecord shards."),
-    "train": ("image_segmentation.train", "Train ICNet on the prepared TFRecords."),
+    "download": ("image_segmentation.stages.download", "Download and verify the ADE20K zip."),
+    "prepare": (
+        "image_segmentation.stages.prepare",
+        "Whitelist-filter ADE20K into TFRecord shards.",
+    ),
+    "train": ("image_segmentation.stages.train", "Train ICNet on the prepared TFRecords."),
     "training-job": (
-        "image_segmentation.training_job",
+        "image_segmentation.stages.training_job",
         "Write the Vertex AI training job's worker pools.",
     ),
-    "evaluate": ("image_segmentation.evaluate", "Score a trained model on the validation split."),
-    "export": ("image_segmentation.export", "Convert a trained model to Core ML and TFLite."),
-    "upload": ("image_segmentation.upload", "Upload exported models to Cloud Storage."),
-    "predict": ("image_segmentation.predict", "Segment your own photos with a trained model."),
-    "demo": ("image_segmentation.demo", "Run the stages end to end on generated data."),
+    "evaluate": (
+        "image_segmentation.stages.evaluate",
+        "Score a trained model on the validation split.",
+    ),
+    "export": (
+        "image_segmentation.stages.export",
+        "Convert a trained model to Core ML and TFLite.",
+    ),
+    "upload": ("image_segmentation.stages.upload", "Upload exported models to Cloud Storage."),
+    "predict": (
+        "image_segmentation.stages.predict",
+        "Segment your own photos with a trained model.",
+    ),
+    "demo": ("image_segmentation.stages.demo", "Run the stages end to end on generated data."),
 }
 
 

@@ -10,8 +10,10 @@ import math
 
 import yaml
 
-from image_segmentation import download, labels, storage, training_job, upload
+from image_segmentation.cloud import storage, upload
+from image_segmentation.data import download, labels
 from image_segmentation.errors import StageError
+from image_segmentation.stages import training_job
 
 # The pipeline parameters that become train options: `image_size` is `--image-size`, and so on.
 TRAIN_OPTIONS = (

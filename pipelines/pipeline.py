@@ -24,10 +24,13 @@ from components import (
     prepare_component,
     upload_component,
 )
-from image_segmentation import ade20k, labels
+from image_segmentation.data import ade20k, labels
+from image_segmentation.data import prepare as preparation
+from image_segmentation.training.settings import TrainSettings
 from pipelines import training
 
 PIPELINE_NAME = "image-segmentation"
+TRAIN = TrainSettings()  # the pipeline trains with the train stage's defaults unless it says
 JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123120000
 
 
@@ -73,17 +76,17 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         source_url: str = ade20k.OFFICIAL_URL,
         source_sha1: str = ade20k.OFFICIAL_SHA1,
         whitelist: str = labels.LIVING_ROOM_WHITELIST,
-        threshold: float = 0.6,
-        train_shards: int = 16,
-        val_shards: int = 2,
-        image_size: int = 768,
-        alpha: float = 0.25,
-        epochs: int = 10,
+        threshold: float = preparation.DEFAULT_THRESHOLD,
+        train_shards: int = preparation.DEFAULT_TRAIN_SHARDS,
+        val_shards: int = preparation.DEFAULT_VAL_SHARDS,
+        image_size: int = TRAIN.image_size[0],
+        alpha: float = TRAIN.alpha,
+        epochs: int = TRAIN.epochs,
         steps_per_epoch: int = 200,
-        batch_size: int = 8,
-        learning_rate: float = 1e-3,
-        init: str = "imagenet",
-        resize: str = "stretch",
+        batch_size: int = TRAIN.batch_size,
+        learning_rate: float = TRAIN.learning_rate,
+        init: str = "imagenet",  # the train stage's default is random: no file to fetch
+        resize: str = TRAIN.resize,
         machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
         accelerator_count: int = 1,

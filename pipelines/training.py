@@ -5,9 +5,10 @@ machines asked for, can stream scalars to a Vertex TensorBoard, can use Spot or 
 capacity, and restarts the whole job when a worker restarts, so every worker resumes from the
 last completed epoch together.
 
-The `training-job` step (image_segmentation/training_job.py) checks the settings and writes the
-job's worker pools as plain values: JSON numbers for the counts, text for the command line,
-the /gcs paths of the data and of the model folder, which is that step's own output artifact.
+The `training-job` step (image_segmentation/stages/training_job.py) checks the settings and
+writes the job's worker pools as plain values: JSON numbers for the counts, text for the
+command line, the /gcs paths of the data and of the model folder, which is that step's own
+output artifact.
 The job is Google's CustomTrainingJobOp, given that list whole; it holds no placeholder for
 Vertex to fill in, so the request cannot depend on how Vertex substitutes one.
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from image_segmentation import storage
+from image_segmentation.cloud import storage
 from image_segmentation.errors import StageError
 from pipelines import checks
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from image_segmentation import synthetic
+from image_segmentation.data import synthetic
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADE_SAMPLE = SHARED_DATA / "ade20k-sample"

@@ -136,9 +136,11 @@ from conftest import free_port
 from http_fixtures import FileServer
 from test_data_folder import folder_files
 
-from image_segmentation import ade20k, cli, data_folder, disk, labels, model_folder, synthetic
+from image_segmentation import cli, disk
+from image_segmentation.contracts import data_folder, model_folder
+from image_segmentation.data import ade20k, labels, synthetic
+from image_segmentation.data.prepare import prepare_dataset
 from image_segmentation.errors import StageError
-from image_segmentation.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = ade20k.ARCHIVE_NAME
@@ -770,7 +772,7 @@ def prepared_data(tmp_path_factory) -> Path:
 
 def icnet_weights(path: Path, num_classes: int) -> Path:
     """Untrained ICNet weights (64x64, alpha 0.25) of `num_classes` classes."""
-    from image_segmentation import icnet  # TensorFlow: only these sections need it
+    from image_segmentation.model import icnet
 
     icnet.build_icnet(num_classes, (64, 64), alpha=0.25).save_weights(path)
     return path

@@ -8,7 +8,7 @@ import pytest
 
 from image_segmentation import cli
 
-# Prints the help, then the TensorFlow and Keras modules that were imported for it.
+# Prints the help, then the TensorFlow, Keras and coremltools modules imported for it.
 HELP = """
 import sys
 from image_segmentation import cli
@@ -16,7 +16,8 @@ try:
     cli.main([sys.argv[1], "--help"])
 except SystemExit:
     pass
-print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras")))
+HEAVY = ("tensorflow", "keras", "coremltools")
+print(sorted(name for name in sys.modules if name.split(".")[0] in HEAVY))
 """
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from image_segmentation import labels, records
+from image_segmentation.data import labels, records
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "localhost/python-base:3.11-bookworm"

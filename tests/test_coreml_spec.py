@@ -11,8 +11,8 @@ import coremltools as ct
 import pytest
 from coremltools.proto import FeatureTypes_pb2, MIL_pb2, Model_pb2
 
-from image_segmentation import coreml_spec
 from image_segmentation.errors import StageError
+from image_segmentation.export import coreml_spec
 
 LABELS = ["none", "wall", "floor", "chair"]
 SIZE = (64, 96)

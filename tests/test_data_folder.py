@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_segmentation import data_folder, labels, records
+from image_segmentation.contracts import data_folder
+from image_segmentation.data import labels, records
 from image_segmentation.errors import StageError
 
 LABELS = ["none", "wall", "floor"]

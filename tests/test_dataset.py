@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 from test_data_folder import write_folder
 
-from image_segmentation import data_folder, dataset, labels, preprocessing, records, synthetic
+from image_segmentation.contracts import data_folder
+from image_segmentation.data import dataset, labels, photo_input, preprocessing, records, synthetic
 
 WHITELIST = "wall|floor|bed"  # 4 output classes with none; synthetic draws these and "building"
 ADE_CLASSES = (1, 4, 8, 2)
@@ -122,7 +123,7 @@ def padding(mask: np.ndarray) -> np.ndarray:
     return uniform(mask) & (mask == dataset.IGNORE)
 
 
-@pytest.mark.parametrize("resize", dataset.RESIZE_MODES)
+@pytest.mark.parametrize("resize", photo_input.RESIZE_MODES)
 @pytest.mark.parametrize("size", [(40, 48), (96, 120)], ids=["shrinking", "enlarging"])
 def test_augmented_image_and_mask_agree_at_every_interior_pixel(resize, size):
     """Scale, crop, padding and flip move image and mask together: wherever the mask is not at
@@ -162,7 +163,7 @@ def measured_scale(image: np.ndarray, labelled: np.ndarray) -> tuple[float, floa
     return 1 / down, 1 / across
 
 
-@pytest.mark.parametrize("resize", dataset.RESIZE_MODES)
+@pytest.mark.parametrize("resize", photo_input.RESIZE_MODES)
 def test_augmentation_draws_scales_flips_and_padding_as_configured(resize):
     """The scale relative to the covering one spans min_scale..max_scale (in "stretch" the same
     factor on both axes), half the samples are mirrored, and only scales below 1 pad, with
@@ -226,7 +227,7 @@ def test_normalization_inside_augment_equals_normalizing_after():
     """Training normalizes the crop's pixels before resizing them (cheaper, and the same)."""
     image, mask = sample()
     normalization = dataset.Normalization()
-    for resize in dataset.RESIZE_MODES:
+    for resize in photo_input.RESIZE_MODES:
         for seed in range(4):
             args = (image, mask, (40, 40), tf.constant([seed, 3]), dataset.Augmentation(), resize)
             pixels, _ = dataset.augment(*args)
@@ -235,7 +236,7 @@ def test_normalization_inside_augment_equals_normalizing_after():
             assert np.allclose(normalized.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("resize", dataset.RESIZE_MODES)
+@pytest.mark.parametrize("resize", photo_input.RESIZE_MODES)
 def test_small_scales_pad_with_the_ignored_value(resize):
     image, mask = flat_sample()
     options = dataset.Augmentation(min_scale=0.5, max_scale=0.5, flip=False, color_jitter=False)
@@ -290,7 +291,7 @@ def test_crop_validation_view_is_the_deterministic_centre():
     assert set(np.unique(view_mask.numpy())) == {0}
 
 
-@pytest.mark.parametrize("resize", dataset.RESIZE_MODES)
+@pytest.mark.parametrize("resize", photo_input.RESIZE_MODES)
 def test_validation_view_is_the_models_input(resize):
     """Validation during training sees what evaluate, predict and the exports feed the model."""
     image, mask = sample()

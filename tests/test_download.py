@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from http_fixtures import FileServer
 
-from image_segmentation import ade20k, download, fetch, synthetic
+from image_segmentation.data import ade20k, download, fetch, synthetic
 from image_segmentation.errors import StageError
 
 ARCHIVE = "ADEChallengeData2016.zip"
@@ -252,7 +252,7 @@ def test_second_run_does_no_work(server, dataset_zip, tmp_path, caplog):
     out = tmp_path / "out"
     download_zip(server, out, dataset_zip)
     manifest = (out / "manifest.json").read_text()
-    with caplog.at_level(logging.INFO, logger="image_segmentation.download"):
+    with caplog.at_level(logging.INFO, logger="image_segmentation.data.download"):
         assert download_zip(server, out, dataset_zip) == out / ARCHIVE
     assert "nothing to do" in caplog.text
     assert len(server.behaviour.seen) == 1

@@ -12,20 +12,13 @@ import pytest
 from PIL import Image
 from test_data_folder import write_folder
 
-from image_segmentation import (
-    cli,
-    data_folder,
-    dataset,
-    evaluate,
-    evaluator,
-    icnet,
-    metrics,
-    model_folder,
-    records,
-    report,
-    scoring,
-)
+from image_segmentation import cli
+from image_segmentation.contracts import data_folder, model_folder
+from image_segmentation.data import dataset, records
 from image_segmentation.errors import StageError
+from image_segmentation.evaluation import evaluator, metrics, report, scoring
+from image_segmentation.model import icnet
+from image_segmentation.stages import evaluate
 
 LABELS = ["none", "red thing", "green thing"]
 COLORS = np.full((256, 3), 128, dtype=np.uint8)  # unlabelled pixels grey

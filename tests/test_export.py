@@ -20,24 +20,16 @@ import pytest
 from conftest import ADE_SAMPLE
 from PIL import Image
 
-from image_segmentation import (
-    cli,
-    coreml,
-    coreml_spec,
-    dataset,
-    evaluate,
-    export,
-    export_folder,
-    exporter,
-    files,
-    icnet,
-    inference,
-    model_folder,
-    records,
-    tflite,
-    upload,
-)
+from image_segmentation import cli, files
+from image_segmentation.cloud import upload
+from image_segmentation.contracts import evaluation_folder as evaluate
+from image_segmentation.contracts import export_folder, model_folder
+from image_segmentation.data import dataset, records
 from image_segmentation.errors import StageError
+from image_segmentation.export import coreml_spec, exporter, tflite
+from image_segmentation.export import options as export
+from image_segmentation.model import icnet
+from image_segmentation.model import weights as inference
 
 SIZE = (128, 128)
 LABELS = ["none", "wall", "floor, flooring", "chair"]
@@ -433,4 +425,4 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
 
 
 def test_every_output_choice_has_a_core_ml_output_name():
-    assert tuple(coreml.COREML_OUTPUT_NAMES) == export.OUTPUT_KINDS
+    assert all(kind.feature for kind in export.OUTPUT_KINDS.values())

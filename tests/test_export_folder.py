@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from image_segmentation import export_folder, labels
+from image_segmentation.contracts import export_folder
+from image_segmentation.data import labels
 from image_segmentation.errors import StageError
 
 LABELS = ["none", "wall"]

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from image_segmentation import files, labels, records
+from image_segmentation import files
+from image_segmentation.data import labels, records
 from image_segmentation.errors import StageError
 
 

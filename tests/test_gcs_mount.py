@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from http_fixtures import FileServer
 
-from image_segmentation import ade20k, data_folder, synthetic
+from image_segmentation.contracts import data_folder
+from image_segmentation.data import ade20k, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT_VARIABLE = "REFUSE_FOLDER_RENAMES_UNDER"

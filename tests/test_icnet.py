@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from image_segmentation import icnet
 from image_segmentation.errors import StageError
+from image_segmentation.model import icnet
 
 PAPER_GFLOPS_1024X2048 = 28.3  # ICNet paper, Cityscapes 1024x2048 (19 classes)
 LEGACY_MLMODEL_BYTES = 26.9e6  # the legacy tool's 768x768 alpha-1 Core ML file, FP32 weights

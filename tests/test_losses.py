@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from image_segmentation import losses
+from image_segmentation.training import losses
 
 IGNORE = 255
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_segmentation import metrics, scoring
+from image_segmentation.evaluation import metrics, scoring
 from tests.conftest import ADE_SAMPLE
 
 UNLABELLED = 255

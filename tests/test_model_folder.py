@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from image_segmentation import model_folder
+from image_segmentation.contracts import model_folder
 from image_segmentation.errors import StageError
 
 CONFIG = {

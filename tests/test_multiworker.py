@@ -19,8 +19,13 @@ import tensorflow as tf
 from conftest import free_port
 from test_dataset import write_prepared
 
-from image_segmentation import checkpoints, cluster, data_folder, disk, model_folder, train, trainer
+from image_segmentation import disk
+from image_segmentation.cloud import cluster
+from image_segmentation.contracts import data_folder, model_folder
 from image_segmentation.errors import StageError
+from image_segmentation.stages import train
+from image_segmentation.training import checkpoints, trainer
+from image_segmentation.training import settings as train_settings
 
 TASKS = ("chief", "worker")
 RUN_TIMEOUT = 300  # seconds for one start of both processes
@@ -147,7 +152,7 @@ def test_each_machine_keeps_its_own_part_of_every_global_batch(tmp_path):
     batches (TensorFlow's default falls back to that silently); sharding by data does not."""
     data = data_folder.read_prepared(write_prepared(tmp_path, num_train=8, num_val=2, shards=1))
     settings = train.TrainSettings(image_size=(64, 64), batch_size=2)
-    scale = train.scaling(settings, replicas=2, train_records=data.records["train"])
+    scale = train_settings.scaling(settings, replicas=2, train_records=data.records["train"])
     batches = trainer.training_data(data, settings, scale, {"conv6_cls": (16, 16)})
     images, targets = next(iter(batches))
     assert images.shape[0] == targets["conv6_cls"].shape[0] == 4  # Keras splits it

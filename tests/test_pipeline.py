@@ -18,7 +18,10 @@ from vertex_fake import CUSTOM_JOB_LAUNCHER, custom_job_tasks
 
 from components import STAGE_IMAGES, Images
 from components.images import DOWNLOAD_SOURCES, download_tag
-from image_segmentation import ade20k, cli, evaluate, kfp_executor, labels, train, training_job
+from image_segmentation import cli
+from image_segmentation.cloud import kfp_executor
+from image_segmentation.data import ade20k, labels
+from image_segmentation.stages import evaluate, train, training_job
 from pipelines.__main__ import main as pipelines_main
 from pipelines.pipeline import compile_pipeline
 
@@ -284,7 +287,7 @@ def test_the_download_step_stays_cached_across_commits(tmp_path):
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_bytes((REPO / name).read_bytes())
     assert download_tag(copy) == download_tag()
-    (copy / "image_segmentation" / "download.py").write_text("# changed\n", "utf-8")
+    (copy / "image_segmentation" / "stages" / "download.py").write_text("# changed\n", "utf-8")
     assert download_tag(copy) != download_tag()
 
 
@@ -301,7 +304,7 @@ def test_the_download_tag_covers_every_module_the_download_stage_imports():
     loaded = {
         str(Path(line).relative_to(REPO)) for line in result.stdout.splitlines() if ".py" in line
     }
-    assert "image_segmentation/download.py" in loaded
+    assert "image_segmentation/stages/download.py" in loaded
     entry_point = {"image_segmentation/__main__.py"}  # `python -m` runs it first
     assert loaded | entry_point == {
         name for name in DOWNLOAD_SOURCES if name.startswith("image_segmentation/")

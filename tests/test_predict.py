@@ -19,18 +19,15 @@ import tensorflow as tf
 from conftest import ADE_SAMPLE
 from PIL import Image
 
-from image_segmentation import (
-    cli,
-    export,
-    exporter,
-    files,
-    icnet,
-    inference,
-    model_folder,
-    predictor,
-    preprocessing,
-)
+from image_segmentation import cli, files
+from image_segmentation.contracts import model_folder
+from image_segmentation.data import preprocessing
 from image_segmentation.errors import StageError
+from image_segmentation.evaluation import predictor
+from image_segmentation.export import exporter
+from image_segmentation.model import icnet
+from image_segmentation.model import weights as inference
+from image_segmentation.stages import export
 
 SIZE = (128, 128)
 LABELS = ["none", "wall", "floor, flooring", "chair"]

@@ -20,16 +20,9 @@ from conftest import ADE_SAMPLE
 from PIL import Image
 from test_data_folder import folder_files
 
-from image_segmentation import (
-    ade20k,
-    cli,
-    data_folder,
-    download,
-    labels,
-    prepare,
-    records,
-    synthetic,
-)
+from image_segmentation import cli
+from image_segmentation.contracts import data_folder
+from image_segmentation.data import ade20k, download, labels, prepare, records, synthetic
 from image_segmentation.errors import StageError
 
 SMALL_SIZES = ((96, 128), (128, 96))

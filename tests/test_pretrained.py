@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from image_segmentation import icnet, pretrained
 from image_segmentation.errors import StageError
+from image_segmentation.model import icnet, pretrained
 
 BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
 SIZE = (64, 64)
@@ -260,7 +260,8 @@ def test_the_train_stage_starts_from_the_file_and_records_what_it_set(resnet, tm
     parameters they cover; a rerun resumes from its checkpoint and keeps that record."""
     from test_dataset import write_prepared
 
-    from image_segmentation import cli, model_folder
+    from image_segmentation import cli
+    from image_segmentation.contracts import model_folder
 
     data = write_prepared(tmp_path / "data", num_train=8, num_val=2)
     args = ["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "model"),

@@ -13,7 +13,8 @@ import pytest
 from conftest import ADE_SAMPLE
 from PIL import Image, JpegImagePlugin
 
-from image_segmentation import ade20k, labels, prepare, rooms
+from image_segmentation.data import ade20k, labels, prepare
+from image_segmentation.data.rooms import generate
 
 SMALL_SIZES = ((120, 160), (160, 120))
 WHITELIST = labels.parse_whitelist(labels.LIVING_ROOM_WHITELIST)
@@ -32,7 +33,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 def dataset(tmp_path_factory) -> Path:
     """5 training and 3 validation samples, small, seed 0."""
     root = tmp_path_factory.mktemp("rooms")
-    return rooms.generate_rooms(root, 5, 3, sizes=SMALL_SIZES, seed=0, workers=1)
+    return generate.generate_rooms(root, 5, 3, sizes=SMALL_SIZES, seed=0, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def photos() -> list[tuple[str, np.ndarray, np.ndarray]]:
     drawn = []
     for number in range(1, 21):
         rng = np.random.default_rng([1, 0, number])
-        height, width = rooms.PHOTO_SIZES[rng.integers(len(rooms.PHOTO_SIZES))]
-        drawn.append(rooms.render_photo(rng, height, width))
+        height, width = generate.PHOTO_SIZES[rng.integers(len(generate.PHOTO_SIZES))]
+        drawn.append(generate.render_photo(rng, height, width))
     return drawn
 
 
@@ -60,7 +61,7 @@ def test_layout_is_ade_challenge_data_and_prepare_keeps_every_sample(dataset, tm
     scenes = dict(
         line.split() for line in (dataset / "sceneCategories.txt").read_text().splitlines()
     )
-    assert set(scenes) == names and set(scenes.values()) <= set(rooms.SCENES)
+    assert set(scenes) == names and set(scenes.values()) <= set(generate.SCENES)
     for name in names:
         split = "training" if "train" in name else "validation"
         image = Image.open(dataset / "images" / split / f"{name}.jpg")
@@ -78,9 +79,11 @@ def test_layout_is_ade_challenge_data_and_prepare_keeps_every_sample(dataset, tm
 
 
 def test_a_seed_gives_the_same_files_and_another_seed_others(dataset, tmp_path):
-    again = rooms.generate_rooms(tmp_path / "again", 5, 3, sizes=SMALL_SIZES, seed=0, workers=2)
+    again = generate.generate_rooms(tmp_path / "again", 5, 3, sizes=SMALL_SIZES, seed=0, workers=2)
     assert tree_digest(again) == tree_digest(dataset)
-    other = tree_digest(rooms.generate_rooms(tmp_path / "other", 5, 3, sizes=SMALL_SIZES, seed=1))
+    other = tree_digest(
+        generate.generate_rooms(tmp_path / "other", 5, 3, sizes=SMALL_SIZES, seed=1)
+    )
     ours = tree_digest(dataset)
     assert all(other[path] != ours[path] for path in ours if path.endswith((".jpg", ".png")))
 

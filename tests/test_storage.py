@@ -7,7 +7,7 @@ import time
 import pytest
 from google.api_core import exceptions as api_exceptions
 
-from image_segmentation import storage
+from image_segmentation.cloud import storage
 from image_segmentation.errors import StageError
 
 

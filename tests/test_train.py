@@ -18,22 +18,16 @@ import pytest
 import tensorflow as tf
 from test_dataset import write_prepared
 
-from image_segmentation import (
-    callbacks,
-    checkpoints,
-    cli,
-    data_folder,
-    dataset,
-    icnet,
-    inference,
-    losses,
-    metrics,
-    model_folder,
-    scoring,
-    train,
-    trainer,
-)
+from image_segmentation import cli
+from image_segmentation.contracts import data_folder, model_folder
+from image_segmentation.data import dataset
 from image_segmentation.errors import StageError
+from image_segmentation.evaluation import metrics, scoring
+from image_segmentation.model import icnet
+from image_segmentation.model import weights as inference
+from image_segmentation.stages import train
+from image_segmentation.training import callbacks, checkpoints, losses, trainer
+from image_segmentation.training import settings as train_settings
 
 EPOCHS, STEPS = 2, 25
 SETTINGS = train.TrainSettings(image_size=(64, 64), alpha=0.25, batch_size=8, optimizer="adam")
@@ -351,13 +345,17 @@ def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
 
 def test_batch_and_learning_rate_are_per_replica():
     settings = train.TrainSettings(batch_size=8, learning_rate=1e-3)
-    assert train.scaling(settings, replicas=1, train_records=100) == train.Scaling(1, 8, 1e-3, 12)
-    assert train.scaling(settings, replicas=4, train_records=100) == train.Scaling(4, 32, 4e-3, 3)
-    assert train.scaling(settings, replicas=16, train_records=100).steps_per_epoch == 1
+    assert train_settings.scaling(
+        settings, replicas=1, train_records=100
+    ) == train_settings.Scaling(1, 8, 1e-3, 12)
+    assert train_settings.scaling(
+        settings, replicas=4, train_records=100
+    ) == train_settings.Scaling(4, 32, 4e-3, 3)
+    assert train_settings.scaling(settings, replicas=16, train_records=100).steps_per_epoch == 1
     fixed = train.TrainSettings(batch_size=8, steps_per_epoch=50)
-    assert train.scaling(fixed, replicas=4, train_records=100).steps_per_epoch == 50
+    assert train_settings.scaling(fixed, replicas=4, train_records=100).steps_per_epoch == 50
     model = trainer.build_model([1.0] * 4, SETTINGS, 10, mixed_precision=False, replicas=2)
-    rate = train.scaling(SETTINGS, replicas=2, train_records=64).learning_rate
+    rate = train_settings.scaling(SETTINGS, replicas=2, train_records=64).learning_rate
     assert float(model.optimizer.learning_rate) == pytest.approx(rate) == 2 * SETTINGS.learning_rate
 
 
@@ -442,8 +440,10 @@ def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(
         image_size=(64, 64), alpha=0.25, epochs=EPOCHS, steps_per_epoch=STEPS, learning_rate=0.002
     )
     data = data_folder.read_prepared(small_data)
-    scale = train.scaling(settings, 1, data.records["train"])
-    key = trainer.run_key(data, settings, scale, False, trainer.class_weights(data, settings))
+    scale = train_settings.scaling(settings, 1, data.records["train"])
+    key = train_settings.resume_key(
+        settings, scale, data.labels, False, trainer.class_weights(data, settings)
+    )
     state = json.dumps({"epoch": 1, "history": [], "run": key})
     directory = tmp_path / "model" / checkpoints.DIRECTORY
     directory.mkdir(parents=True)

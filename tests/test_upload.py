@@ -22,7 +22,9 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from image_segmentation import export_folder, labels, model_folder, storage, upload
+from image_segmentation.cloud import storage, upload
+from image_segmentation.contracts import export_folder, model_folder
+from image_segmentation.data import labels
 from image_segmentation.errors import StageError
 
 FAST_RETRY = storage.RETRY.with_delay(initial=0.01, maximum=0.05).with_timeout(20.0)
@@ -319,7 +321,7 @@ def test_an_incomplete_export_is_refused_before_any_upload(gcs_client, tmp_path)
 
 
 def test_transient_faults_are_retried(gcs_client, gcs_emulator, tmp_path, monkeypatch, caplog):
-    caplog.set_level("INFO", logger="image_segmentation.upload")
+    caplog.set_level("INFO", logger="image_segmentation.cloud.upload")
     gcs_client.create_bucket("flaky")
     export = make_export(tmp_path)
     with FaultProxy(gcs_emulator) as proxy:
@@ -338,7 +340,9 @@ def test_transient_faults_are_retried(gcs_client, gcs_emulator, tmp_path, monkey
         # 7 files + manifest, plus one retry per injected upload fault.
         assert proxy.seen["upload"] == 8 + 4
         assert "already written by an earlier attempt; checksums match" in caplog.text
-        retries = [r.getMessage() for r in caplog.records if r.name == "image_segmentation.storage"]
+        retries = [
+            r.getMessage() for r in caplog.records if r.name == "image_segmentation.cloud.storage"
+        ]
         assert len(retries) == 5 and all(" s left to retry" in line for line in retries)
         # Objects written through the proxy carry its address in their mediaLink.
         manifest = check_manifest(gcs_client, result["uri"], export)

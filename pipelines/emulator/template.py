@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image_segmentation.kfp_executor import local_path
+from image_segmentation.cloud.kfp_executor import local_path
 
 PLACEHOLDER = re.compile(r"\{\{\$(?P<path>[^{}]*)\}\}")
 _INPUT = re.compile(r"^\.inputs\.parameters\['(?P<name>[^']+)'\]$")
