@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -145,10 +146,16 @@ def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_fi
 
     assert capsys.readouterr().out.strip() == f"miou {result['miou']:.6f}"
     assert float(gate.read_text()) == result["miou"]
-    assert json.loads(kfp_metrics.read_text()) == {
-        "miou": result["miou"],
-        "pixel_accuracy": result["pixel_accuracy"],
-    }
+    scalars = json.loads(kfp_metrics.read_text())
+    assert scalars["miou"] == result["miou"]
+    assert scalars["pixel_accuracy"] == result["pixel_accuracy"]
+    # the model says class 1 everywhere: class 1 is found whole but mostly wrongly claimed
+    assert scalars[f"recall: {LABELS[1]}"] == 1.0
+    assert scalars[f"precision: {LABELS[1]}"] == pytest.approx(n1 / total)
+    assert scalars[f"recall: {LABELS[0]}"] == 0.0
+    assert f"precision: {LABELS[0]}" not in scalars  # never predicted: no precision
+    assert result["class_precision"][LABELS[0]] is None
+    assert result["class_pixels"] == dict(zip(LABELS, (n0, n1, n2), strict=True))
     matrix = json.loads(kfp_matrix.read_text())["confusionMatrix"]
     assert matrix["annotationSpecs"] == [{"displayName": name} for name in LABELS]
     assert matrix["rows"] == [{"row": row} for row in result["confusion_matrix"]]
@@ -162,6 +169,10 @@ def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_fi
     assert '<svg class="bars"' in page and page.count('<svg class="curve"') == 2
     assert len(re.findall(r"<polyline ", page)) == 3  # loss; val mean IoU and pixel accuracy
     assert f"{100 * result['miou']:.1f}%" in page
+    # the per-class table: class 1, claimed everywhere, found whole (recall 100%)
+    row = re.search(rf"<tr><td>{LABELS[1]}</td>(.*?)</tr>", page).group(1)
+    precision = f"{100 * result['class_precision'][LABELS[1]]:.1f}%"
+    assert re.findall(r"<td>(.*?)</td>", row)[1:3] == [precision, "100.0%"]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched
 
 
@@ -282,7 +293,9 @@ def test_scoring_upsamples_bilinearly_takes_the_argmax_and_counts_annotated_pixe
 def test_kfp_confusion_matrix_refuses_a_mismatched_matrix():
     with pytest.raises(ValueError, match="2 labels"):
         evaluate.kfp_confusion_matrix(np.zeros((3, 3), int), ["none", "x"])
-    assert evaluate.kfp_metrics({"miou": None, "pixel_accuracy": 0.5}) == {"pixel_accuracy": 0.5}
+    summary = {"miou": None, "pixel_accuracy": 0.5, "class_iou": {"x": None}}
+    summary |= {"class_precision": {"x": 0.25}, "class_recall": {"x": math.nan}}
+    assert evaluate.kfp_metrics(summary) == {"pixel_accuracy": 0.5, "precision: x": 0.25}
 
 
 def test_palette_gives_every_class_its_own_colour():

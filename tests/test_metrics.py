@@ -120,6 +120,18 @@ def test_a_class_claimed_on_a_none_pixel_is_a_false_positive_on_an_unlabelled_on
     assert summary["pixels_scored"] == 6 and summary["pixel_accuracy"] == pytest.approx(4 / 6)
 
 
+def test_precision_and_recall_say_whether_a_class_is_missed_or_over_predicted():
+    """x found everywhere it is (recall 1) but also claimed on none and y (precision 3/6); y
+    never predicted: precision undefined, recall 0; z absent from truth and predictions."""
+    truth = np.array([[0, 0, 1, 1], [1, 2, 2, 2]])
+    predicted = np.array([[1, 0, 1, 1], [1, 1, 1, 0]])
+    summary = metrics.summary(matrix(truth, predicted, 4), ["none", "x", "y", "z"])
+    assert summary["class_precision"] == {"none": 1 / 2, "x": 3 / 6, "y": None, "z": None}
+    assert summary["class_recall"] == {"none": 1 / 2, "x": 1.0, "y": 0.0, "z": None}
+    assert summary["class_pixels"] == {"none": 2, "x": 3, "y": 3, "z": 0}
+    assert summary["class_iou"]["x"] == pytest.approx(3 / 6)  # TP / (TP + FP + FN)
+
+
 def test_scores_come_from_the_pooled_matrix_not_from_per_image_means():
     big_truth, big_predicted = np.ones((10, 10), int), np.ones((10, 10), int)  # all right
     small_truth, small_predicted = np.ones((1, 2), int), np.array([[1, 2]])  # half wrong

@@ -168,6 +168,9 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
     assert scores["val_mean_iou"] >= 0.6, scores
     assert scores["val_pixel_accuracy"] >= 0.8, scores
     assert set(scores["val_class_iou"]) == {"none", "wall", "floor, flooring", "bed"}
+    assert set(scores["val_class_precision"]) == set(scores["val_class_recall"]) == {
+        "none", "wall", "floor, flooring", "bed"
+    }  # fmt: skip
     config = json.loads((run.output / model_folder.CONFIG_FILE).read_text())
     assert config["format_version"] == 1
     assert config["labels"] == ["none", "wall", "floor, flooring", "bed"]
@@ -467,3 +470,9 @@ def test_size_and_loss_weight_arguments():
     ]:
         with pytest.raises(argparse.ArgumentTypeError, match="expected"):
             parse(text)
+
+
+def test_the_validation_log_names_each_class_iou_precision_and_recall():
+    confusion = np.array([[2, 2, 0], [0, 3, 0], [0, 3, 0]])
+    scores = callbacks.validation_metrics(confusion, ["none", "chair", "lamp"])
+    assert callbacks.per_class_line(scores) == "none 50/100/50, chair 38/38/100, lamp 0/-/0"

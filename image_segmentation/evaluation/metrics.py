@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+PER_CLASS = ("iou", "precision", "recall")  # the per-class scores of `summary`: class_iou, ...
+
 
 def pixel_accuracy(confusion: np.ndarray) -> float:
     """Correct pixels / scored pixels; NaN when no pixel was scored."""
@@ -35,6 +37,26 @@ def class_iou(confusion: np.ndarray) -> np.ndarray:
     return iou
 
 
+def class_precision(confusion: np.ndarray) -> np.ndarray:
+    """TP / predicted pixels per class: how often a prediction of the class is right; NaN for
+    a class never predicted. Low precision is a class smeared over others."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    return _ratio(np.diag(confusion), confusion.sum(axis=0))
+
+
+def class_recall(confusion: np.ndarray) -> np.ndarray:
+    """TP / true pixels per class: how much of the class is found; NaN for a class absent from
+    the scored ground truth. Low recall is a class missed."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    return _ratio(np.diag(confusion), confusion.sum(axis=1))
+
+
+def _ratio(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    ratio = np.full(len(whole), math.nan)
+    np.divide(part, whole, out=ratio, where=whole > 0)
+    return ratio
+
+
 def mean_iou(iou: np.ndarray) -> float:
     """Mean of the defined IoUs; NaN when no class has one."""
     defined = iou[~np.isnan(iou)]
@@ -46,8 +68,9 @@ def _json_number(value: float) -> float | None:
 
 
 def summary(confusion: np.ndarray, labels: list[str]) -> dict:
-    """Pixel accuracy, mean IoU (`miou`, the quality gate's) and per-class IoU (by label; null
-    when undefined)."""
+    """Pixel accuracy, mean IoU (`miou`, the quality gate's) and, by label, each class's IoU,
+    precision and recall (null when undefined) and its scored ground-truth pixels, so a low
+    IoU shows whether the class is missed or over-predicted."""
     if np.shape(confusion) != (len(labels), len(labels)):
         raise ValueError(f"confusion matrix {np.shape(confusion)} for {len(labels)} labels")
     iou = class_iou(confusion)
@@ -56,5 +79,15 @@ def summary(confusion: np.ndarray, labels: list[str]) -> dict:
         "pixel_accuracy": _json_number(pixel_accuracy(confusion)),
         "classes_scored": int(np.count_nonzero(~np.isnan(iou))),
         "pixels_scored": int(np.sum(confusion)),
-        "class_iou": {label: _json_number(value) for label, value in zip(labels, iou, strict=True)},
+        "class_iou": _by_label(labels, iou),
+        "class_precision": _by_label(labels, class_precision(confusion)),
+        "class_recall": _by_label(labels, class_recall(confusion)),
+        "class_pixels": {
+            label: int(count)
+            for label, count in zip(labels, np.sum(confusion, axis=1), strict=True)
+        },
     }
+
+
+def _by_label(labels: list[str], values: np.ndarray) -> dict[str, float | None]:
+    return {label: _json_number(value) for label, value in zip(labels, values, strict=True)}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from image_segmentation.evaluation.metrics import PER_CLASS
+
 THUMBNAIL_WIDTH = 360
 OVERLAY_ALPHA = 0.55
 JPEG_QUALITY = 90
@@ -105,13 +107,14 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def iou_bar_chart(labels: list[str], ious: list[float | None], colors) -> str:
-    """Horizontal SVG bars, in the class colours: the IoU of every class."""
-    row, label_width, bar_width, left = 22, 250, 480, 276
+def class_chart(labels: list[str], summary: dict, colors) -> str:
+    """Horizontal SVG bars per class: its IoU in the class colour, under it its precision (dark)
+    and recall (light), so a low IoU shows whether the class is missed or over-predicted."""
+    row, label_width, bar_width, left = 30, 250, 480, 276
     height = row * len(labels) + 40
     parts = [
         f'<svg class="bars" xmlns="http://www.w3.org/2000/svg" width="{left + bar_width + 70}" '
-        f'height="{height}" role="img" aria-label="per-class IoU">'
+        f'height="{height}" role="img" aria-label="per-class IoU, precision and recall">'
     ]
     for tick in range(0, 101, 25):
         x = left + bar_width * tick / 100
@@ -119,25 +122,47 @@ def iou_bar_chart(labels: list[str], ious: list[float | None], colors) -> str:
             f'<line x1="{x}" y1="0" x2="{x}" y2="{height - 30}" class="grid"/>'
             f'<text x="{x}" y="{height - 12}" text-anchor="middle" class="tick">{tick}%</text>'
         )
-    for index, (label, iou) in enumerate(zip(labels, ious, strict=True)):
+    for index, label in enumerate(labels):
         y = index * row + 4
+        iou, precision, recall = (summary[f"class_{kind}"][label] for kind in PER_CLASS)
         name = html.escape(label)
         parts.append(
-            f"<g><title>{name}: {_percent(iou)}</title>"
+            f"<g><title>{name}: IoU {_percent(iou)}, precision {_percent(precision)}, "
+            f"recall {_percent(recall)}</title>"
             f'<text x="{label_width}" y="{y + 14}" text-anchor="end">'
             f"{html.escape(_short(label))}</text>"
             f'<rect x="{label_width + 6}" y="{y + 3}" width="11" height="11" '
             f'fill="{hex_color(colors[index])}" stroke="#333" stroke-width="0.5"/>'
         )
-        if iou is not None:
-            parts.append(
-                f'<rect x="{left}" y="{y}" width="{bar_width * iou:.1f}" height="15" '
-                f'fill="{hex_color(colors[index])}" stroke="#333" stroke-width="0.5"/>'
-            )
+        for value, top, tall, fill in (
+            (iou, y, 15, hex_color(colors[index])),
+            (precision, y + 17, 4, "#555"),
+            (recall, y + 22, 4, "#aaa"),
+        ):
+            if value is not None:
+                parts.append(
+                    f'<rect x="{left}" y="{top}" width="{bar_width * value:.1f}" '
+                    f'height="{tall}" fill="{fill}" stroke="#333" stroke-width="0.3"/>'
+                )
         x = left + bar_width * (iou or 0) + 6
         parts.append(f'<text x="{x:.1f}" y="{y + 14}" class="value">{_percent(iou)}</text></g>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def class_table(labels: list[str], summary: dict) -> str:
+    """Each class's IoU, precision, recall and share of the scored pixels."""
+    total = sum(summary["class_pixels"].values()) or 1
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td>"
+        + "".join(f"<td>{_percent(summary[f'class_{kind}'][label])}</td>" for kind in PER_CLASS)
+        + f"<td>{_percent(summary['class_pixels'][label] / total)}</td></tr>"
+        for label in labels
+    )
+    return (
+        '<table class="headline"><tr><th>class</th><th>IoU</th><th>precision</th>'
+        f"<th>recall</th><th>share of pixels</th></tr>{rows}</table>"
+    )
 
 
 def nice_step(span: float, intervals: int = 4) -> float:
@@ -322,7 +347,6 @@ def render(
     (model, data, images scored).
     """
     colors = palette(len(labels))
-    ious = list(summary["class_iou"].values())
     meta = "".join(
         f'<p class="meta">{html.escape(k)}: {html.escape(str(v))}</p>' for k, v in details.items()
     )
@@ -343,10 +367,13 @@ included; only pixels ADE20K leaves unlabelled are not.</p>
 {_legend(labels, colors)}
 <h2>Validation images ({len(examples)})</h2>
 {_examples(examples, colors) if examples else '<p class="note">No images requested.</p>'}
-<h2>Per-class IoU</h2>
-<p class="meta">Classes absent from both the ground truth and the predictions have no IoU
-(n/a) and are left out of the mean.</p>
-{iou_bar_chart(labels, ious, colors)}
+<h2>Per class</h2>
+<p class="meta">Per class: IoU (the bar in the class colour), precision (dark: how much of
+what the model calls the class is the class) and recall (light: how much of the class it finds).
+Low precision is a class smeared over others; low recall, a class missed. Classes absent from
+both the ground truth and the predictions have no IoU (n/a) and are left out of the mean.</p>
+{class_chart(labels, summary, colors)}
+{class_table(labels, summary)}
 <h2>Training curves</h2>
 {training_curves(history)}
 </body></html>

@@ -11,6 +11,7 @@ import numpy as np
 
 from image_segmentation import disk, files
 from image_segmentation.contracts.evaluation_folder import GATE_METRIC
+from image_segmentation.evaluation.metrics import PER_CLASS
 
 KFP_SCALARS = ("miou", "pixel_accuracy")
 OUTPUT_PARAMETERS = {"miou": float}  # the Kubeflow output the quality gate tests (--miou-output)
@@ -20,13 +21,18 @@ def kfp_metrics(summary: dict) -> dict[str, float]:
     """Metadata of a KFP `system.Metrics` artifact: a flat {name: number} object.
 
     The shape kfp's `Metrics.log_metric` writes (`metadata[name] = value`), which the Kubeflow
-    UI lists as scalars.
-    Undefined values (no pixel scored) are left out: the metadata holds numbers only.
+    UI lists as scalars: the gate's scalars, then each class's IoU, precision and recall, named
+    like "precision: chair", so a run's console page shows why a class scores low.
+    Undefined values (no pixel scored, a class never predicted) are left out: the metadata
+    holds numbers only.
     """
+    values = {name: summary.get(name) for name in KFP_SCALARS}
+    for kind in PER_CLASS:
+        values |= {f"{kind}: {label}": value for label, value in summary[f"class_{kind}"].items()}
     return {
-        name: float(summary[name])
-        for name in KFP_SCALARS
-        if summary.get(name) is not None and math.isfinite(summary[name])
+        name: float(value)
+        for name, value in values.items()
+        if value is not None and math.isfinite(value)
     }
 
 

@@ -21,14 +21,27 @@ log = logging.getLogger(__name__)
 
 
 def validation_metrics(confusion: np.ndarray, class_labels: list[str]) -> dict:
-    """Pixel accuracy, mean IoU and per-class IoU in the quality gate's convention
-    (`metrics.py`)."""
+    """Pixel accuracy, mean IoU and per-class IoU, precision and recall in the quality gate's
+    convention (`metrics.py`)."""
     summary = metrics.summary(confusion, class_labels)
     return {
         "pixel_accuracy": summary["pixel_accuracy"],
         "mean_iou": summary["miou"],
-        "class_iou": summary["class_iou"],
+        **{f"class_{kind}": summary[f"class_{kind}"] for kind in metrics.PER_CLASS},
     }
+
+
+def per_class_line(scores: dict) -> str:
+    """Each class's IoU/precision/recall in percent, e.g. "chair 41/45/84", for the log."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.0f}"
+
+    return ", ".join(
+        f"{label} "
+        + "/".join(percent(scores[f"class_{kind}"][label]) for kind in metrics.PER_CLASS)
+        for label in scores["class_iou"]
+    )
 
 
 class Validation(keras.callbacks.Callback):
@@ -59,13 +72,19 @@ class Validation(keras.callbacks.Callback):
         scores = self.evaluate(self.model)
         if logs is not None:  # a score is None only when no pixel could be scored
             logs.update(
-                {f"val_{k}": v for k, v in scores.items() if k != "class_iou" and v is not None}
+                {
+                    f"val_{k}": v
+                    for k, v in scores.items()
+                    if v is not None and not k.startswith("class_")
+                }
             )
         log.info(
-            "epoch %d: val pixel accuracy %s, val mean IoU %s",
+            "epoch %d: val pixel accuracy %s, val mean IoU %s; per class IoU/precision/recall "
+            "(%%): %s",
             epoch + 1,
             scores["pixel_accuracy"],
             scores["mean_iou"],
+            per_class_line(scores),
         )
 
 
