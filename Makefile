@@ -77,6 +77,13 @@ LOCAL_IMAGES ?= light export
 WHEEL_PLATFORMS := manylinux2014_x86_64 $(foreach v,24 25 26 27 28 29 30 31 32 33 34 35 36,manylinux_2_$(v)_x86_64)
 missing = $(strip $(foreach v,$(1),$(if $($(v)),,$(v))))
 require = $(if $(call missing,$(1)),$(error $(call missing,$(1)) not set: make $@ $(foreach v,$(call missing,$(1)),$(v)=...)))
+RUN_VARIABLES := PROJECT REGION BUCKET SERVICE_ACCOUNT
+# Named all at once before any work, not one by one as each prerequisite asks for its own.
+ifneq ($(filter pipeline-run,$(MAKECMDGOALS)),)
+  ifneq ($(call missing,$(RUN_VARIABLES)),)
+    $(error $(call missing,$(RUN_VARIABLES)) not set: make pipeline-run $(foreach v,$(call missing,$(RUN_VARIABLES)),$(v)=...))
+  endif
+endif
 # BUCKET may be given as gs://NAME too
 BUCKET_NAME = $(patsubst %/,%,$(patsubst gs://%,%,$(BUCKET)))
 stage_of = $(if $(filter convert,$(1)),export,$(1))
@@ -130,7 +137,7 @@ pipeline-compile: setup ## Write PIPELINE_FILE with IMAGE_REGISTRY and TAG baked
 	  --output $(PIPELINE_FILE)
 
 pipeline-run: pipeline-compile ## Start a Vertex AI run (PARAMS="epochs=20 ...", PARAMS_FILE=x.json)
-	$(call require,PROJECT REGION BUCKET SERVICE_ACCOUNT)
+	$(call require,$(RUN_VARIABLES))
 	$(PY) -m pipelines run --template $(PIPELINE_FILE) --project $(PROJECT) \
 	  --region $(REGION) --pipeline-root gs://$(BUCKET_NAME)/pipeline-root \
 	  --service-account $(SERVICE_ACCOUNT) --param destination=gs://$(BUCKET_NAME)/models \

@@ -284,6 +284,7 @@ def test_pipeline_upload_publishes_the_template(fake, tmp_path, capsys):
     ("target", "settings", "missing"),
     [
         ("pipeline-compile", {}, "IMAGE_REGISTRY"),
+        ("pipeline-run", {}, "PROJECT REGION BUCKET SERVICE_ACCOUNT"),  # as the README asks
         ("pipeline-run", {"IMAGE_REGISTRY": REGISTRY}, "PROJECT REGION BUCKET SERVICE_ACCOUNT"),
         ("pipeline-run", vertex_settings(SERVICE_ACCOUNT=""), "SERVICE_ACCOUNT"),
         ("pipeline-upload", {"IMAGE_REGISTRY": REGISTRY, "PROJECT": PROJECT}, "REGION"),
