@@ -10,7 +10,9 @@ is >= 0.75. The same run without class balancing is the comparison (`--class-bal
 Those rooms are flat boxes in one colour per class, easy to learn. `--generator rooms` trains and
 scores on `generate.generate_rooms` instead: photo-like living rooms among kitchens, offices and
 streets, as unbalanced as ADE20K (run as a module: `python -m benchmarks.bench_learning --help`;
-`make bench` runs the default).
+`make bench` runs the default). `--recipes` compares loss recipes (each a string of more train
+options, e.g. "--class-balance sqrt-frequency"); `--work-dir` keeps the generated data there for
+the next invocation, so recipes can be measured one run at a time on the same data.
 """
 
 import argparse
@@ -40,7 +42,10 @@ def _stage(*argv: str) -> None:
 def prepare_rooms(
     root: Path, seed: int, num_train: int, num_val: int, generator: str = "shapes"
 ) -> Path:
-    """Generated rooms in the ADE20K layout, prepared with the living-room whitelist."""
+    """Generated rooms in the ADE20K layout, prepared with the living-room whitelist (kept:
+    a complete earlier one in `root` is reused)."""
+    if (root / "data" / "stats.json").is_file():
+        return root / "data"
     if generator == "rooms":
         dataset = generate.generate_rooms(root / "ade", num_train, num_val, seed=seed)
     else:
@@ -55,13 +60,19 @@ def prepare_rooms(
 
 
 def train_and_score(
-    work: Path, data: Path, unseen: Path, balance: str, train_args: list[str] = TRAIN_ARGS
+    work: Path,
+    data: Path,
+    unseen: Path,
+    balance: str,
+    train_args: list[str] = TRAIN_ARGS,
+    recipe: str = "",
 ) -> dict:
-    model, evaluation = work / f"model-{balance}", work / f"evaluation-{balance}"
+    run_dir = tempfile.mkdtemp(prefix=f"{balance}-", dir=work)
+    model, evaluation = Path(run_dir) / "model", Path(run_dir) / "evaluation"
     started = time.monotonic()
     _stage(
         "train", "--data-dir", str(data), "--output-dir", str(model), *train_args,
-        "--class-balance", balance,
+        "--class-balance", balance, *recipe.split(),
     )  # fmt: skip
     seconds = time.monotonic() - started
     _stage(
@@ -79,6 +90,7 @@ def train_and_score(
     whitelisted = [iou for label, iou in class_iou.items() if label != labels.NONE_LABEL]
     return {
         "class_balance": balance,
+        "recipe": recipe,
         "train_seconds": round(seconds),
         "miou": round(metrics["miou"], 4),
         "pixel_accuracy": round(metrics["pixel_accuracy"], 4),
@@ -96,14 +108,20 @@ def run(
     train_args: list[str] = TRAIN_ARGS,
     train_images: int = TRAIN_IMAGES,
     test_images: int = TEST_IMAGES,
+    recipes: tuple[str, ...] = ("",),
+    work_dir: Path | None = None,
 ) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
-        work = Path(tmp)
+        work = Path(work_dir or tmp)
         data = prepare_rooms(work / "seen", 0, train_images, VAL_IMAGES, generator)
         unseen = prepare_rooms(work / "unseen", 1, 0, test_images, generator)
         stats = json.loads((data / "stats.json").read_text())["splits"]["train"]
         total = sum(stats["pixel_counts"].values())
-        runs = [train_and_score(work, data, unseen, balance, train_args) for balance in balancing]
+        runs = []
+        for balance in balancing:
+            for recipe in recipes:
+                runs.append(train_and_score(work, data, unseen, balance, train_args, recipe))
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # one line per run
     kind = "generated living rooms" if generator == "shapes" else "generated photos (rooms)"
     return {
         "benchmark": "learning",
@@ -128,6 +146,15 @@ def main(argv: list[str]) -> int:
         default=" ".join(TRAIN_ARGS),
         help="the train stage's options (default: %(default)s)",
     )
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=[""],
+        help="more train options per run, one string each, every one with every --balancing",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the generated data (and runs) here, and reuse it"
+    )
     args = parser.parse_args(argv)
     result = run(
         tuple(args.balancing),
@@ -135,6 +162,8 @@ def main(argv: list[str]) -> int:
         args.train_args.split(),
         args.train_images,
         args.test_images,
+        tuple(args.recipes),
+        args.work_dir,
     )
     print(json.dumps(result, indent=2))
     return 0

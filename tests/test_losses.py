@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from image_segmentation.training import losses
 
@@ -52,3 +53,102 @@ def test_median_frequency_weights_lift_small_classes_and_are_capped():
     capped = losses.median_frequency_weights([10_000, 1, 5_000], max_weight=5)
     assert capped == [pytest.approx(0.5), 5.0, pytest.approx(1.0)]  # 5000 / 1 capped at 5
     assert losses.median_frequency_weights([0, 0]) == [1.0, 1.0]
+
+
+def true_class_probability(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    safe = np.where(labels == IGNORE, 0, labels)
+    return np.take_along_axis(probabilities, safe[..., None], axis=-1)[..., 0]
+
+
+def test_sqrt_frequency_weights_are_the_square_root_of_median_frequency_and_capped():
+    counts = [500, 300, 150, 50, 0]
+    full = losses.median_frequency_weights(counts, max_weight=100)
+    gentle = losses.median_frequency_weights(counts, max_weight=100, power=0.5)
+    assert gentle[:4] == pytest.approx(np.sqrt(full[:4]), abs=1e-3)
+    assert gentle[4] == 100.0  # never seen: the cap, as before
+    # 10_000 / 1 pixels: sqrt(5000) = 70.7, still capped
+    assert losses.median_frequency_weights([10_000, 1], max_weight=5, power=0.5)[1] == 5.0
+
+
+def test_loss_at_label_resolution_upsamples_the_logits_bilinearly():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 12, 16))
+    labels[1, :, :5] = IGNORE
+    weights = [0.5, 1.0, 4.0]
+    upsampled = tf.image.resize(logits, (12, 16), method="bilinear").numpy()
+    loss = losses.WeightedCrossEntropy(weights, IGNORE, upsample=True)
+    assert float(loss(labels, logits)) == pytest.approx(
+        numpy_loss(labels, upsampled, weights), 1e-5
+    )
+    # a one-pixel-wide stripe that a nearest 4x downsampling can miss still costs
+    stripe = np.zeros((1, 12, 16), np.int64)
+    stripe[0, :, 5] = 1
+    plain = np.zeros((1, 3, 4, 2), np.float32)
+    plain[..., 0] = 5.0  # confident "class 0" everywhere
+    ce = losses.WeightedCrossEntropy([1.0, 1.0], IGNORE, upsample=True)
+    assert float(ce(stripe, plain)) > float(ce(np.zeros_like(stripe), plain)) + 0.3
+    # labels already at the logits' size: nothing to resize, the plain loss
+    same_size = labels[:, :3, :4]
+    assert float(loss(same_size, logits)) == pytest.approx(
+        numpy_loss(same_size, logits, weights), 1e-5
+    )
+
+
+def numpy_ohem_loss(labels, logits, weights, threshold, min_kept):
+    """Mean weighted cross-entropy over the labelled pixels whose true-class probability is at
+    most max(threshold, the min_kept-th share's probability)."""
+    probability = true_class_probability(labels, logits)
+    labelled = labels != IGNORE
+    ordered = np.sort(probability[labelled])
+    index = min(int(np.floor(min_kept * len(ordered))), len(ordered) - 1)
+    kept = labelled & (probability <= max(threshold, ordered[index]))
+    masked = np.where(kept, labels, IGNORE)
+    return numpy_loss(masked, logits, weights), int(kept.sum())
+
+
+@pytest.mark.parametrize(("threshold", "min_kept"), [(0.4, 0.0), (0.4, 0.6), (0.05, 0.25)])
+def test_ohem_learns_from_the_hard_pixels_only_and_at_least_a_share(threshold, min_kept):
+    rng = np.random.default_rng(2)
+    logits = (rng.normal(size=(2, 6, 7, 3)) * 2).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 6, 7))
+    labels[0, :2] = IGNORE
+    weights = [0.5, 1.0, 4.0]
+    expected, kept = numpy_ohem_loss(labels, logits, weights, threshold, min_kept)
+    labelled = int((labels != IGNORE).sum())
+    assert kept >= min_kept * labelled and kept < labelled  # some pixels left out
+    loss = losses.WeightedCrossEntropy(
+        weights, IGNORE, ohem_threshold=threshold, ohem_min_kept=min_kept
+    )
+    assert float(loss(labels, logits)) == pytest.approx(expected, 1e-5)
+    # threshold 1: every labelled pixel, the plain loss
+    every = losses.WeightedCrossEntropy(weights, IGNORE, ohem_threshold=1.0)
+    assert float(every(labels, logits)) == pytest.approx(numpy_loss(labels, logits, weights), 1e-5)
+    # no labelled pixel: zero, not NaN
+    empty = np.full_like(labels, IGNORE)
+    assert float(loss(empty, logits)) == 0.0
+
+
+def test_focal_loss_weighs_down_the_easy_pixels_and_keeps_finite_gradients():
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(2, 5, 6, 3)) * 3).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 5, 6))
+    labels[1, 0] = IGNORE
+    weights = [0.5, 1.0, 4.0]
+    probability = true_class_probability(labels, logits)
+    labelled = labels != IGNORE
+    pixel_weight = np.take(weights, np.where(labelled, labels, 0)) * labelled
+    focal = -np.log(probability) * (1 - probability) ** 2
+    expected = (pixel_weight * focal).sum() / pixel_weight.sum()
+    loss = losses.WeightedCrossEntropy(weights, IGNORE, focal_gamma=2.0)
+    assert float(loss(labels, logits)) == pytest.approx(expected, 1e-5)
+    # gamma < 1 on a pixel the model is sure of: the gradient stays finite
+    sure = np.zeros((1, 1, 2, 2), np.float32)
+    sure[..., 0] = 100.0
+    variable = tf.Variable(sure)
+    gentle = losses.WeightedCrossEntropy([1.0, 1.0], IGNORE, focal_gamma=0.5)
+    with tf.GradientTape() as tape:
+        value = gentle(np.zeros((1, 1, 2)), variable)
+    assert np.isfinite(tape.gradient(value, variable).numpy()).all()

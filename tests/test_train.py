@@ -476,3 +476,75 @@ def test_the_validation_log_names_each_class_iou_precision_and_recall():
     confusion = np.array([[2, 2, 0], [0, 3, 0], [0, 3, 0]])
     scores = callbacks.validation_metrics(confusion, ["none", "chair", "lamp"])
     assert callbacks.per_class_line(scores) == "none 50/100/50, chair 38/38/100, lamp 0/-/0"
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"ohem_threshold": 0.0}, r"--ohem-threshold must be a probability in \(0, 1\], got 0.0"),
+        ({"ohem_threshold": float("nan")}, "--ohem-threshold must be a probability"),
+        ({"ohem_threshold": 0.7, "ohem_min_kept": 1.5}, r"--ohem-min-kept must be a share"),
+        ({"ohem_min_kept": 0.3}, "--ohem-min-kept does nothing without --ohem-threshold"),
+        ({"focal_gamma": -1.0}, "--focal-gamma must be a finite number >= 0, got -1.0"),
+        ({"focal_gamma": float("inf")}, "--focal-gamma must be a finite number >= 0"),
+        ({"loss_resolution": "input"}, "--loss-resolution must be one of output, label"),
+        ({"class_balance": "inverse"}, "--class-balance must be one of median-frequency, sqrt"),
+    ],
+)
+def test_bad_loss_recipes_are_refused(changed, message):
+    problems = train_settings.settings_problems(train.TrainSettings(**changed))
+    assert len(problems) == 1 and re.match(message, problems[0]), problems
+
+
+def test_loss_recipe_options_and_their_defaults():
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    required = ["--data-dir", "d", "--output-dir", "o"]
+    defaults = train.settings_from_args(parser.parse_args(required))
+    assert defaults == train.TrainSettings()  # today's loss: none of the recipes
+    assert (defaults.loss_resolution, defaults.ohem_threshold, defaults.focal_gamma) == (
+        "output", None, 0.0
+    )  # fmt: skip
+    recipes = [
+        "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
+        "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "2",
+    ]  # fmt: skip
+    chosen = train.settings_from_args(parser.parse_args([*required, *recipes]))
+    assert chosen.class_balance == "sqrt-frequency" and chosen.loss_resolution == "label"
+    assert (chosen.ohem_threshold, chosen.ohem_min_kept, chosen.focal_gamma) == (0.7, 0.2, 2.0)
+    assert not train_settings.settings_problems(chosen)
+    assert trainer.loss_options(chosen) == {
+        "upsample": True, "ohem_threshold": 0.7, "ohem_min_kept": 0.2, "focal_gamma": 2.0
+    }  # fmt: skip
+    scale = train_settings.scaling(defaults, 1, 64)
+    # At their defaults the recipes stay out of the resume key: checkpoints written before
+    # these options existed still resume; changed, they are in it.
+    plain = train_settings.resume_key(defaults, scale, ["none"], False, [1.0])
+    assert not {"loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma"} & set(plain)
+    key = train_settings.resume_key(chosen, scale, ["none"], False, [1.0])
+    assert (key["loss_resolution"], key["ohem_threshold"], key["focal_gamma"]) == ("label", 0.7, 2)
+
+
+def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_path):
+    output = tmp_path / "model"
+    args = [
+        "train", "--data-dir", str(small_data), "--output-dir", str(output), "--image-size", "64",
+        "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+        "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
+        "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "1",
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    config = json.loads((output / model_folder.CONFIG_FILE).read_text())
+    training = config["training"]
+    assert training["class_balance"] == "sqrt-frequency" and training["loss_resolution"] == "label"
+    assert (training["ohem_threshold"], training["ohem_min_kept"]) == (0.7, 0.2)
+    assert training["focal_gamma"] == 1.0
+    counts = data_folder.read_prepared(small_data).pixel_counts["train"]
+    expected = losses.median_frequency_weights(counts, 10.0, power=0.5)
+    assert list(training["class_weights"].values()) == expected
+    history = json.loads((output / model_folder.HISTORY_FILE).read_text())
+    assert np.isfinite(history[-1]["loss"])
+    settings = train.TrainSettings(image_size=(64, 64), loss_resolution="label")
+    model = trainer.build_model([1.0] * 4, settings, 10, mixed_precision=False)
+    assert set(trainer.output_sizes(model, settings).values()) == {(64, 64)}
+    assert trainer.output_sizes(model)[icnet.INFERENCE_OUTPUT] == (16, 16)

@@ -16,6 +16,7 @@ from image_segmentation.data import photo_input
 from image_segmentation.errors import StageError
 from image_segmentation.training.settings import (
     CLASS_BALANCING,
+    LOSS_RESOLUTIONS,
     TrainSettings,
     settings_from_args,
     settings_problems,
@@ -102,13 +103,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=CLASS_BALANCING,
         default=defaults.class_balance,
         help="weigh each pixel's loss by its class: median frequency / the class's frequency in "
-        "the training pixels, so small classes are learnt (default %(default)s)",
+        "the training pixels, so small classes are learnt; sqrt-frequency: the square root of "
+        "that, gentler (default %(default)s)",
     )
     add(
         "--max-class-weight",
         type=float,
         default=defaults.max_class_weight,
         help="cap of the class weights (and 1/cap their floor) (default %(default)s)",
+    )
+    add(
+        "--loss-resolution",
+        choices=LOSS_RESOLUTIONS,
+        default=defaults.loss_resolution,
+        help="output: masks resized (nearest) to each output's size; label: logits upsampled "
+        "(bilinear) to the crop's, so thin objects stay in the targets (default %(default)s)",
+    )
+    add(
+        "--ohem-threshold",
+        type=float,
+        default=defaults.ohem_threshold,
+        help="online hard example mining: learn only from pixels whose true class has at most "
+        "this probability, e.g. 0.7 (default: every pixel)",
+    )
+    add(
+        "--ohem-min-kept",
+        type=float,
+        default=defaults.ohem_min_kept,
+        help="with --ohem-threshold: at least this share of each batch's labelled pixels, the "
+        "hardest (default %(default)s)",
+    )
+    add(
+        "--focal-gamma",
+        type=float,
+        default=defaults.focal_gamma,
+        help="focal loss: each pixel's cross-entropy times (1 - p) ** gamma, e.g. 2 "
+        "(default %(default)s: plain cross-entropy)",
     )
     add(
         "--resize",

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from image_segmentation.data import photo_input
 from image_segmentation.model import shapes
 
-CLASS_BALANCING = ("median-frequency", "none")
+CLASS_BALANCING = ("median-frequency", "sqrt-frequency", "none")
+LOSS_RESOLUTIONS = ("output", "label")  # where the loss is taken: each output's size, the mask's
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class TrainSettings:
     loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.16)
     class_balance: str = "median-frequency"
     max_class_weight: float = 10.0
+    loss_resolution: str = "output"  # "label": logits upsampled to the crop, not masks shrunk
+    ohem_threshold: float | None = None  # hard pixels only: true-class probability <= this
+    ohem_min_kept: float = 0.1  # with ohem_threshold: at least this share of labelled pixels
+    focal_gamma: float = 0.0  # focal loss: each pixel's cross-entropy times (1 - p) ** gamma
     resize: str = photo_input.DEFAULT_RESIZE
     init: str = "random"  # or "imagenet", or a ResNet-50 weights file (`pretrained.py`)
     fine_tune_from: str | None = None
@@ -81,6 +86,25 @@ def settings_problems(settings: TrainSettings) -> list[str]:
         problems.append(
             f"--max-class-weight must be a finite number >= 1, got {settings.max_class_weight}"
         )
+    if settings.loss_resolution not in LOSS_RESOLUTIONS:
+        problems.append(
+            f"--loss-resolution must be one of {', '.join(LOSS_RESOLUTIONS)}, "
+            f"got {settings.loss_resolution!r}"
+        )
+    if settings.class_balance not in CLASS_BALANCING:
+        problems.append(
+            f"--class-balance must be one of {', '.join(CLASS_BALANCING)}, "
+            f"got {settings.class_balance!r}"
+        )
+    threshold = settings.ohem_threshold
+    if threshold is not None and not (math.isfinite(threshold) and 0 < threshold <= 1):
+        problems.append(f"--ohem-threshold must be a probability in (0, 1], got {threshold}")
+    if not (math.isfinite(settings.ohem_min_kept) and 0 <= settings.ohem_min_kept <= 1):
+        problems.append(f"--ohem-min-kept must be a share in [0, 1], got {settings.ohem_min_kept}")
+    elif threshold is None and settings.ohem_min_kept != TrainSettings.ohem_min_kept:
+        problems.append("--ohem-min-kept does nothing without --ohem-threshold")
+    if not (math.isfinite(settings.focal_gamma) and settings.focal_gamma >= 0):
+        problems.append(f"--focal-gamma must be a finite number >= 0, got {settings.focal_gamma}")
     if settings.seed < 0:
         problems.append(f"--seed must be >= 0, got {settings.seed}")
     return problems
@@ -92,6 +116,10 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         **{field.name: getattr(args, field.name) for field in fields(TrainSettings)}
     )
 
+
+# Loss options added after checkpoints were in use: at their defaults they stay out of the key,
+# so a checkpoint written before them still resumes a run that leaves them alone.
+OMITTED_AT_DEFAULT = ("loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma")
 
 # Settings that a checkpoint need not share with the run that resumes it, and why. The others
 # must match (`resume_key`).
@@ -112,10 +140,12 @@ def resume_key(
     """What a checkpoint must share with a run to be resumed by it: every setting that shapes
     the variables or would train the remaining epochs differently, with the effective values
     where the settings only lead to them."""
+    defaults = asdict(TrainSettings())
     key = {
         name: list(value) if isinstance(value, tuple) else value
         for name, value in asdict(settings).items()
         if name not in NOT_IN_RESUME_KEY
+        and not (name in OMITTED_AT_DEFAULT and value == defaults[name])
     }
     return key | {
         "labels": labels,

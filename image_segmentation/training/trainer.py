@@ -9,9 +9,11 @@ synchronized on read: Keras makes only metric variables so, and neither the chec
 the weights file holds metrics), so the other machines need not join.
 
 The loss is cross-entropy on the logits of all three ICNet outputs (cascade label guidance),
-against the masks resized (nearest) to each output's size, each pixel weighted by its class
-(`losses.py`: median-frequency balancing from the pixel counts prepare recorded, so the small
-classes are learnt too; the weights go into config.json). Unlabelled pixels count for nothing.
+against the masks resized (nearest) to each output's size (or, with --loss-resolution label,
+the logits upsampled to the crop's), each pixel weighted by its class (`losses.py`:
+median-frequency balancing, or its square root, from the pixel counts prepare recorded, so the
+small classes are learnt too; the weights go into config.json), optionally only its hard
+pixels (OHEM) or focal. Unlabelled pixels count for nothing.
 Each epoch ends with a validation pass over the whole val split that fills one confusion matrix
 (`scoring.py`, the evaluate stage's), from which pixel accuracy and mean IoU are computed in
 the quality gate's convention (`metrics.py`: "none" is a class, unlabelled pixels are not
@@ -93,7 +95,20 @@ def class_weights(data: PreparedData, settings: TrainSettings) -> list[float]:
     """The loss weight of each class, from the training split's pixels (`losses.py`)."""
     if settings.class_balance == "none":
         return [1.0] * len(data.labels)
-    return losses.median_frequency_weights(data.pixel_counts["train"], settings.max_class_weight)
+    power = 0.5 if settings.class_balance == "sqrt-frequency" else 1.0
+    return losses.median_frequency_weights(
+        data.pixel_counts["train"], settings.max_class_weight, power
+    )
+
+
+def loss_options(settings: TrainSettings) -> dict:
+    """The loss recipe beyond the class weights (`losses.WeightedCrossEntropy`)."""
+    return {
+        "upsample": settings.loss_resolution == "label",
+        "ohem_threshold": settings.ohem_threshold,
+        "ohem_min_kept": settings.ohem_min_kept,
+        "focal_gamma": settings.focal_gamma,
+    }
 
 
 def build_model(
@@ -115,12 +130,19 @@ def build_model(
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, name="sgd")
     else:
         optimizer = keras.optimizers.Adam(rate, name="adam")
-    losses.compile_for_training(model, weights, optimizer, settings.loss_weights)
+    losses.compile_for_training(
+        model, weights, optimizer, settings.loss_weights, **loss_options(settings)
+    )
     return model
 
 
-def output_sizes(model: keras.Model) -> dict[str, tuple[int, int]]:
-    """(height, width) of each training output, the sizes the masks are resized to."""
+def output_sizes(
+    model: keras.Model, settings: TrainSettings | None = None
+) -> dict[str, tuple[int, int]]:
+    """(height, width) the masks are resized to for each training output: the output's own, or
+    with --loss-resolution label the crop's (the loss then upsamples the logits)."""
+    if settings and settings.loss_resolution == "label":
+        return {name: tuple(settings.image_size) for name in icnet.OUTPUTS}
     return {name: tuple(model.get_layer(name).output.shape[1:3]) for name in icnet.OUTPUTS}
 
 
@@ -272,7 +294,7 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
                 report = pretrained.initialize(model, settings.init)
             if chief:  # read back for config.json, also by a resumed run
                 checkpoints.save_init_report(output_dir / checkpoints.DIRECTORY, report)
-    train_data = training_data(data, settings, scale, output_sizes(model))
+    train_data = training_data(data, settings, scale, output_sizes(model, settings))
     validation, chief_only = None, []  # only the chief validates and writes
     if chief:
         validation, chief_only = chief_callbacks(data, settings, output_dir, history, key)
