@@ -10,7 +10,7 @@ WORK ?= work
 .PHONY: help setup lock test lint demo bench gpu-wheels clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-25s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -68,6 +68,11 @@ image_tags = -t $(call image_name,$(1),$(2)) $(if $(filter light,$(2)),-t $(call
 PIPELINE_FILE ?= build/pipeline.yaml
 PARAMS ?=
 PARAMS_FILE ?=
+# pipeline-run: the Vertex AI Experiment the run joins; pipeline-schedule: when (CRON="0 3 * * 1",
+# optionally "TZ=Area/City 0 3 * * 1"); pipeline-schedule-*: which (SCHEDULE=ID, from the list)
+EXPERIMENT ?=
+CRON ?=
+SCHEDULE ?=
 STEP ?=
 ARGS ?=
 DATA ?= $(WORK)/data
@@ -84,14 +89,28 @@ ifneq ($(filter pipeline-run,$(MAKECMDGOALS)),)
     $(error $(call missing,$(RUN_VARIABLES)) not set: make pipeline-run $(foreach v,$(call missing,$(RUN_VARIABLES)),$(v)=...))
   endif
 endif
+ifneq ($(filter pipeline-schedule,$(MAKECMDGOALS)),)
+  ifneq ($(call missing,$(RUN_VARIABLES) CRON),)
+    $(error $(call missing,$(RUN_VARIABLES) CRON) not set: make pipeline-schedule $(foreach v,$(call missing,$(RUN_VARIABLES) CRON),$(v)=...))
+  endif
+  # the client adds to an experiment only a run it submits itself, not a schedule's runs
+  ifneq ($(EXPERIMENT),)
+    $(error EXPERIMENT is for pipeline-run only: Vertex adds no scheduled run to an experiment)
+  endif
+endif
 # BUCKET may be given as gs://NAME too
 BUCKET_NAME = $(patsubst %/,%,$(patsubst gs://%,%,$(BUCKET)))
 stage_of = $(if $(filter convert,$(1)),export,$(1))
 image_of = $(if $(filter train,$(1)),train,$(if $(filter evaluate export convert,$(1)),export,light))
 params = $(addprefix --param ,$(PARAMS)) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE))
+# what a run needs, started now (pipeline-run) or by a schedule (pipeline-schedule)
+job_options = --template $(PIPELINE_FILE) --project $(PROJECT) --region $(REGION) \
+  --pipeline-root gs://$(BUCKET_NAME)/pipeline-root --service-account $(SERVICE_ACCOUNT) \
+  --param destination=gs://$(BUCKET_NAME)/models $(params) --label image-tag=$(TAG)
 
 .PHONY: lock-images wheels images push pipeline-compile pipeline-run pipeline-upload \
-  run-component pipeline-local base-image
+  run-component pipeline-local base-image pipeline-schedule pipeline-schedules \
+  pipeline-schedule-pause pipeline-schedule-resume pipeline-schedule-delete
 
 lock-images: ## Re-pin docker/*.lock from docker/*.in within requirements.lock (needs the index)
 	for in in docker/*.in; do \
@@ -136,12 +155,24 @@ pipeline-compile: setup ## Write PIPELINE_FILE with IMAGE_REGISTRY and TAG baked
 	$(PY) -m pipelines compile --image-registry $(IMAGE_REGISTRY) --tag $(TAG) \
 	  --output $(PIPELINE_FILE)
 
-pipeline-run: pipeline-compile ## Start a Vertex AI run (PARAMS="epochs=20 ...", PARAMS_FILE=x.json)
+pipeline-run: pipeline-compile ## Start a Vertex AI run (PARAMS="epochs=20 ...", PARAMS_FILE=x.json, EXPERIMENT=name)
 	$(call require,$(RUN_VARIABLES))
-	$(PY) -m pipelines run --template $(PIPELINE_FILE) --project $(PROJECT) \
-	  --region $(REGION) --pipeline-root gs://$(BUCKET_NAME)/pipeline-root \
-	  --service-account $(SERVICE_ACCOUNT) --param destination=gs://$(BUCKET_NAME)/models \
-	  $(params) --label image-tag=$(TAG)
+	$(PY) -m pipelines run $(job_options) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+pipeline-schedule: pipeline-compile ## Schedule Vertex AI runs: CRON="0 3 * * 1", settings as pipeline-run
+	$(call require,$(RUN_VARIABLES) CRON)
+	$(PY) -m pipelines schedule create $(job_options) --cron '$(CRON)'
+
+pipeline-schedules: setup ## List the region's Vertex AI pipeline schedules (PROJECT REGION)
+	$(call require,PROJECT REGION)
+	$(PY) -m pipelines schedule list --project $(PROJECT) --region $(REGION)
+
+pipeline-schedule-pause pipeline-schedule-resume pipeline-schedule-delete: pipeline-schedule-%: setup
+	$(call require,PROJECT REGION SCHEDULE)
+	$(PY) -m pipelines schedule $* $(SCHEDULE) --project $(PROJECT) --region $(REGION)
+pipeline-schedule-pause: ## Stop a schedule starting runs: SCHEDULE=ID (from pipeline-schedules)
+pipeline-schedule-resume: ## Let a paused schedule start runs again: SCHEDULE=ID
+pipeline-schedule-delete: ## Delete a schedule (its runs are kept): SCHEDULE=ID
 
 pipeline-upload: pipeline-compile ## Publish the template to Artifact Registry (KFP_REPOSITORY)
 	$(call require,PROJECT REGION)

@@ -313,3 +313,226 @@ def test_pipeline_local_without_a_container_engine_says_so(tmp_path):
     assert result.returncode != 0
     assert "error: no-such-engine not found: install docker or podman" in result.stderr
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def _compiled(tmp_path: Path) -> Path:
+    template = tmp_path / "pipeline.yaml"
+    assert pipelines_main(["compile", "--image-registry", REGISTRY, "--tag", TAG,
+                           "--output", str(template)]) == 0  # fmt: skip
+    return template
+
+
+@pytest.fixture
+def distinct_job_ids(monkeypatch):
+    """The SDK names a job after the second it was made: two runs in one second would clash."""
+    from datetime import datetime, timedelta
+
+    from google.cloud.aiplatform import pipeline_jobs
+
+    clock = iter(datetime(2026, 1, 5, 3) + timedelta(seconds=n) for n in range(1000))
+    monkeypatch.setattr(pipeline_jobs, "_get_current_time", lambda: next(clock))
+
+
+@pytest.mark.slow  # importing the Vertex SDK takes 10-30 s
+def test_pipeline_runs_with_an_experiment_line_up_in_it(
+    fake, pipeline_root_bucket, distinct_job_ids, tmp_path, capsys
+):
+    """docs/vertex.md's comparison: two runs into one experiment. The real client gets or
+    makes the default metadata store and the experiment's context (system.Experiment) before
+    it creates the job, then adds the run's own context, which Vertex names in the job, to
+    the experiment's: that is what lines the runs up in Vertex AI -> Experiments."""
+    from google.auth.credentials import AnonymousCredentials
+
+    state, url = fake
+    location = f"projects/{PROJECT}/locations/{REGION}"
+    store = f"{location}/metadataStores/default"
+    experiment = f"{store}/contexts/init-comparison"
+    jobs = []
+    for init in ("imagenet", "random"):
+        compile_args, run_args = make_commands(
+            "pipeline-run", tmp_path,
+            **vertex_settings(EXPERIMENT="init-comparison", PARAMS=f"init={init}"),
+        )  # fmt: skip
+        assert run_args[-2:] == ["--experiment", "init-comparison"]
+        assert pipelines_main(compile_args) == 0
+        status = pipelines_main(
+            [*run_args, "--api-endpoint", url], credentials=AnonymousCredentials()
+        )
+        assert status == 0
+        (job,) = [name for name in state.jobs if name not in jobs]
+        jobs.append(job)
+        assert state.jobs[job]["runtimeConfig"]["parameterValues"]["init"] == init
+        assert "experiment: init-comparison" in capsys.readouterr().out
+
+    calls = [(r.method, r.path.removeprefix(f"/v1/{location}")) for r in state.requests]
+    first_run = calls[: calls.index(("POST", "/pipelineJobs")) + 1]
+    assert first_run == [
+        ("GET", "/metadataStores/default"),  # a new project has none: made on first use
+        ("POST", "/metadataStores"),
+        ("GET", "/metadataStores/default"),
+        ("GET", "/metadataStores/default/contexts/init-comparison"),
+        ("POST", "/metadataStores/default/contexts"),
+        ("POST", "/pipelineJobs"),
+    ]
+    creates = [r for r in state.requests if r.path.endswith("/contexts") and r.method == "POST"]
+    (create,) = creates  # the second run finds the experiment
+    assert create.query["contextId"] == ["init-comparison"]
+    body = create.json()
+    assert body["schemaTitle"] == "system.Experiment" and body["displayName"] == "init-comparison"
+    assert state.contexts[experiment]["schemaTitle"] == "system.Experiment"
+    adds = [r for r in state.requests if r.path.endswith(":addContextChildren")]
+    assert [r.path for r in adds] == [f"/v1/{experiment}:addContextChildren"] * 2
+    run_contexts = [f"{store}/contexts/{job.rsplit('/', 1)[1]}" for job in jobs]
+    assert state.children[experiment] == run_contexts
+    assert {state.contexts[c]["schemaTitle"] for c in run_contexts} == {"system.PipelineRun"}
+
+
+@pytest.mark.parametrize(
+    "name", ["Init-Comparison", "init_comparison", "abc", "x" * 129, "init comparison"]
+)
+def test_a_bad_experiment_name_is_refused_before_anything_is_sent(name, fake, tmp_path, capsys):
+    state, url = fake
+    template = tmp_path / "pipeline.yaml"
+    template.write_text("not read: the name is checked first")
+    status = pipelines_main(
+        ["run", "--template", str(template), "--project", PROJECT, "--region", REGION,
+         "--pipeline-root", f"gs://{BUCKET}/root", "--service-account", SERVICE_ACCOUNT,
+         "--api-endpoint", url, "--experiment", name]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error == (
+        f"error: bad experiment name {name!r}: 4 to 128 lowercase letters, digits and '-' "
+        "(Vertex's rule), e.g. init-comparison\n"
+    )
+    assert state.requests == []
+
+
+@pytest.mark.slow  # importing the Vertex SDK takes 10-30 s
+def test_pipeline_schedule_and_its_targets(fake, pipeline_root_bucket, tmp_path, capsys):
+    """make pipeline-schedule creates a schedule of the compiled template that runs it as
+    pipeline-run would, one run at a time; the list, pause, resume and delete targets act on
+    it through the real client, and Vertex's state rules (no pause of a paused schedule)."""
+    from google.auth.credentials import AnonymousCredentials
+
+    state, url = fake
+    credentials = AnonymousCredentials()
+    location = f"projects/{PROJECT}/locations/{REGION}"
+    cron = "TZ=Europe/Amsterdam 0 3 * * 1"
+    compile_args, create_args = make_commands(
+        "pipeline-schedule", tmp_path, **vertex_settings(CRON=cron, PARAMS="epochs=20")
+    )
+    assert create_args[:2] == ["schedule", "create"]
+    assert create_args[-2:] == ["--cron", cron]
+    assert pipelines_main(compile_args) == 0
+    assert pipelines_main([*create_args, "--api-endpoint", url], credentials=credentials) == 0
+    (request,) = state.requests
+    assert (request.method, request.path) == ("POST", f"/v1/{location}/schedules")
+    body = request.json()
+    assert body["cron"] == cron
+    assert body["maxConcurrentRunCount"] == "1"  # int64: a string in JSON
+    assert "allowQueueing" not in body  # a run due while one trains is skipped, not queued
+    assert body["displayName"] == f"image-segmentation {cron}"
+    job_request = body["createPipelineJobRequest"]
+    assert job_request["parent"] == location
+    job = job_request["pipelineJob"]
+    assert job["serviceAccount"] == SERVICE_ACCOUNT
+    assert job["labels"] == {"image-tag": "v1-2"}
+    assert job["pipelineSpec"] == yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == f"gs://{BUCKET}/pipeline-root"
+    assert job["runtimeConfig"]["parameterValues"] == {
+        "destination": f"gs://{BUCKET}/models",
+        "epochs": 20,
+    }
+    (name,) = state.schedules
+    schedule_id = name.rsplit("/", 1)[1]
+    out = capsys.readouterr().out
+    assert f"scheduled {name}" in out and f"{schedule_id}  ACTIVE" in out
+
+    def target(goal: str, **settings: str) -> int:
+        (args,) = make_commands(goal, tmp_path, PROJECT=PROJECT, REGION=REGION, **settings)
+        return pipelines_main([*args, "--api-endpoint", url], credentials=credentials)
+
+    assert target("pipeline-schedules") == 0
+    out = capsys.readouterr().out
+    assert f"{schedule_id}  ACTIVE" in out and repr(cron) in out
+    assert target("pipeline-schedule-pause", SCHEDULE=schedule_id) == 0
+    assert state.schedules[name]["state"] == "PAUSED"
+    assert f"paused {name}" in capsys.readouterr().out
+    assert target("pipeline-schedule-pause", SCHEDULE=schedule_id) == 1  # Vertex refuses
+    error = capsys.readouterr().err
+    assert error.startswith("error: Vertex AI: 400 ") and "Traceback" not in error
+    assert target("pipeline-schedule-resume", SCHEDULE=name) == 0  # a full name works too
+    assert state.schedules[name]["state"] == "ACTIVE"
+    assert target("pipeline-schedule-delete", SCHEDULE=schedule_id) == 0
+    assert state.schedules == {}
+    assert f"deleted {name}" in capsys.readouterr().out
+    assert target("pipeline-schedules") == 0
+    assert "no pipeline schedules" in capsys.readouterr().out
+    assert target("pipeline-schedule-resume", SCHEDULE=schedule_id) == 1
+    assert "error: Vertex AI: 404 " in capsys.readouterr().err
+    actions = [(r.method, r.path.split(location)[1]) for r in state.requests]
+    assert ("POST", f"/schedules/{schedule_id}:pause") in actions
+    assert ("POST", f"/schedules/{schedule_id}:resume") in actions
+    assert ("DELETE", f"/schedules/{schedule_id}") in actions
+
+
+@pytest.mark.parametrize(
+    ("cron", "words"),
+    [
+        ("0 3 * *", "want 5 fields"),
+        ("0 3 * * 1 2", "want 5 fields"),
+        ("60 3 * * 1", "minute '60' is not *, a number from 0 to 59"),
+        ("0 24 * * 1", "hour '24'"),
+        ("0 3 0 * 1", "day of month '0'"),
+        ("0 3 * 13 1", "month '13'"),
+        ("0 3 * * MOX", "day of week 'MOX'"),
+        ("*/0 3 * * 1", "minute '*/0'"),
+        ("TZ=Mars/Olympus 0 3 * * 1", "unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_a_malformed_cron_is_refused_before_anything_is_sent(cron, words, fake, tmp_path, capsys):
+    state, url = fake
+    template = tmp_path / "pipeline.yaml"
+    template.write_text("not read: the cron is checked first")
+    status = pipelines_main(
+        ["schedule", "create", "--template", str(template), "--project", PROJECT,
+         "--region", REGION, "--pipeline-root", f"gs://{BUCKET}/root",
+         "--service-account", SERVICE_ACCOUNT, "--api-endpoint", url, "--cron", cron]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert error.startswith(f"error: bad cron {cron!r}: ") and words in error
+    assert state.requests == []
+
+
+def test_good_crons_pass_as_vertex_takes_them():
+    from pipelines import vertex
+
+    for cron in ("0 3 * * 1", "*/15 0-6,22-23 1-7 JAN-MAR,dec mon-fri", "0 3 * * 7",
+                 "CRON_TZ=America/New_York 1 * * * *"):  # fmt: skip
+        assert vertex_fake.CRON.fullmatch(vertex.check_cron(cron))
+    assert vertex.check_cron("TZ=Europe/Paris  0 3 * * 1") == "TZ=Europe/Paris 0 3 * * 1"
+
+
+def test_schedule_targets_need_their_settings(tmp_path):
+    for target, settings, missing in [
+        ("pipeline-schedule", vertex_settings(), "CRON"),
+        ("pipeline-schedule", {}, "PROJECT REGION BUCKET SERVICE_ACCOUNT CRON"),
+        ("pipeline-schedules", {"PROJECT": PROJECT}, "REGION"),
+        ("pipeline-schedule-pause", {"PROJECT": PROJECT, "REGION": REGION}, "SCHEDULE"),
+    ]:
+        result = subprocess.run(
+            ["make", "-n", target, f"PIPELINE_FILE={tmp_path}/p.yaml",
+             *(f"{name}={value}" for name, value in settings.items())],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert f"{missing} not set: make {target} " in result.stderr
+    result = subprocess.run(
+        ["make", "-n", "pipeline-schedule", "CRON=0 3 * * 1", "EXPERIMENT=init-comparison",
+         *(f"{name}={value}" for name, value in vertex_settings().items())],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0 and result.stdout == ""  # refused before compiling
+    assert "EXPERIMENT is for pipeline-run only" in result.stderr

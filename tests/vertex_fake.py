@@ -1,8 +1,16 @@
 """A loopback stand-in for the two Google endpoints the pipeline CLI talks to.
 
-- Vertex AI's REST API: `POST /v1/projects/P/locations/L/pipelineJobs?pipelineJobId=ID` answers
-  a plausible PipelineJob (state PENDING, name and times filled in) and keeps it, so a later
-  `GET` of that name returns it.
+- Vertex AI's REST API (v1), the calls google-cloud-aiplatform makes for the CLI:
+  - `POST .../pipelineJobs?pipelineJobId=ID` answers a plausible PipelineJob (state PENDING,
+    name and times filled in) and keeps it; a later `GET` of that name returns it with the
+    run's `system.PipelineRun` context in `jobDetail`, as Vertex adds it once the run starts.
+  - Experiments (`PipelineJob.submit(experiment=...)`): `GET/POST .../metadataStores[/default]`
+    (the create is a long-running operation, answered done), `GET/POST .../contexts[/ID]`
+    (the experiment, schemaTitle `system.Experiment`) and `POST .../contexts/ID:addContextChildren`
+    (the run's context added to the experiment's).
+  - Schedules: `POST/GET .../schedules`, `GET/DELETE .../schedules/ID`,
+    `POST .../schedules/ID:pause|:resume`, with Vertex's checks of the request (cron,
+    maxConcurrentRunCount, createPipelineJobRequest) and of the state a pause or resume needs.
 - Artifact Registry's Kubeflow repositories: `POST /PROJECT/REPO` with a multipart template
   answers `PACKAGE/sha256:DIGEST` as the real one does.
 
@@ -26,8 +34,25 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs$")
-_JOB = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/pipelineJobs/[^/]+)$")
+_LOCATION = r"projects/[^/]+/locations/[^/]+"
+_JOBS = re.compile(rf"^/v1/({_LOCATION})/pipelineJobs$")
+_JOB = re.compile(rf"^/v1/({_LOCATION}/pipelineJobs/[^/:]+)$")
+_STORES = re.compile(rf"^/v1/({_LOCATION})/metadataStores$")
+_STORE = re.compile(rf"^/v1/({_LOCATION}/metadataStores/[^/:]+)$")
+_CONTEXTS = re.compile(rf"^/v1/({_LOCATION}/metadataStores/[^/:]+)/contexts$")
+_CONTEXT = re.compile(rf"^/v1/({_LOCATION}/metadataStores/[^/:]+/contexts/[^/:]+)$")
+_ADD_CHILDREN = re.compile(
+    rf"^/v1/({_LOCATION}/metadataStores/[^/:]+/contexts/[^/:]+):addContextChildren$"
+)
+_SCHEDULES = re.compile(rf"^/v1/({_LOCATION})/schedules$")
+_SCHEDULE = re.compile(rf"^/v1/({_LOCATION}/schedules/[^/:]+)$")
+_SCHEDULE_ACTION = re.compile(rf"^/v1/({_LOCATION}/schedules/[^/:]+):(pause|resume)$")
+# Vertex's rules: a context ID (so an experiment name) is 4-128 of a-z, 0-9 and '-'
+# (CreateContextRequest.context_id); a cron is 5 fields, optionally after "TZ=Zone " or
+# "CRON_TZ=Zone " (Schedule.cron).
+CONTEXT_ID = re.compile(r"[a-z0-9-]{4,128}")
+CRON = re.compile(r"((CRON_)?TZ=[A-Za-z0-9_+/-]+ +)?\S+( +\S+){4}")
+_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
 
 
 @dataclass
@@ -60,31 +85,129 @@ class FakeGoogleApis:
 
     requests: list[Request] = field(default_factory=list)
     jobs: dict[str, dict] = field(default_factory=dict)
+    metadata_stores: dict[str, dict] = field(default_factory=dict)
+    contexts: dict[str, dict] = field(default_factory=dict)
+    children: dict[str, list[str]] = field(default_factory=dict)  # context -> child contexts
+    schedules: dict[str, dict] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, request: Request) -> tuple[int, str, bytes]:
         with self.lock:
             self.requests.append(request)
-        if request.method == "POST" and (match := _JOBS.match(request.path)):
-            return self._create_job(match.group(1), request)
-        if request.method == "GET" and (match := _JOB.match(request.path)):
-            job = self.jobs.get(match.group(1))
-            if job is None:
-                return _error(404, f"{match.group(1)} not found")
-            return 200, "application/json", json.dumps(job).encode()
-        if request.method == "POST" and request.path.count("/") == 2:
+            return self._route(request)
+
+    def _route(self, request: Request) -> tuple[int, str, bytes]:
+        method, path = request.method, request.path
+        routes = [
+            ("POST", _JOBS, self._create_job),
+            ("GET", _JOB, lambda name, _: _get(self.jobs, name)),
+            ("POST", _STORES, self._create_store),
+            ("GET", _STORE, lambda name, _: _get(self.metadata_stores, name)),
+            ("POST", _CONTEXTS, self._create_context),
+            ("GET", _CONTEXT, lambda name, _: _get(self.contexts, name)),
+            ("POST", _ADD_CHILDREN, self._add_children),
+            ("POST", _SCHEDULES, self._create_schedule),
+            ("GET", _SCHEDULES, self._list_schedules),
+            ("GET", _SCHEDULE, lambda name, _: _get(self.schedules, name)),
+            ("DELETE", _SCHEDULE, self._delete_schedule),
+        ]
+        for route_method, pattern, answer in routes:
+            if method == route_method and (match := pattern.match(path)):
+                return answer(match.group(1), request)
+        if method == "POST" and (match := _SCHEDULE_ACTION.match(path)):
+            return self._pause_or_resume(match.group(1), match.group(2))
+        if method == "POST" and path.count("/") == 2:
             return self._upload_template(request)
-        return _error(404, f"no route for {request.method} {request.path}")
+        return _error(404, f"no route for {method} {path}")
 
     def _create_job(self, parent: str, request: Request) -> tuple[int, str, bytes]:
         job = request.json()
         job_id = request.query.get("pipelineJobId", ["generated-id"])[0]
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        now = _now()
         job.update(name=f"{parent}/pipelineJobs/{job_id}", state="PIPELINE_STATE_PENDING")
         job.update(createTime=now, updateTime=now)
-        with self.lock:
-            self.jobs[job["name"]] = job
-        return 200, "application/json", json.dumps(job).encode()
+        self.jobs[job["name"]] = job
+        # Vertex makes the default metadata store if needed and the run's own context (named
+        # after the job) as the run starts: the client sees it in a later GET, not in this answer.
+        store = f"{parent}/metadataStores/default"
+        self.metadata_stores.setdefault(store, {"name": store, "createTime": now})
+        run_context = f"{store}/contexts/{job_id}"
+        self.contexts[run_context] = {
+            "name": run_context, "displayName": job_id, "schemaTitle": "system.PipelineRun",
+            "schemaVersion": "0.0.1", "createTime": now, "updateTime": now,
+        }  # fmt: skip
+        answer = json.dumps(job).encode()
+        job["jobDetail"] = {"pipelineRunContext": self.contexts[run_context]}
+        return 200, "application/json", answer
+
+    def _create_store(self, parent: str, request: Request) -> tuple[int, str, bytes]:
+        store_id = request.query.get("metadataStoreId", [""])[0]
+        name = f"{parent}/metadataStores/{store_id}"
+        if not store_id:
+            return _error(400, "metadata_store_id is required here")
+        if name in self.metadata_stores:
+            return _error(409, f"{name} already exists")
+        self.metadata_stores[name] = {**request.json(), "name": name, "createTime": _now()}
+        return _done_operation(name, "MetadataStore", self.metadata_stores[name])
+
+    def _create_context(self, store: str, request: Request) -> tuple[int, str, bytes]:
+        if store not in self.metadata_stores:
+            return _error(404, f"{store} not found")
+        context = request.json()
+        context_id = request.query.get("contextId", [""])[0]
+        if not CONTEXT_ID.fullmatch(context_id):
+            return _error(400, f"context_id {context_id!r}: 4-128 characters of [a-z0-9-]")
+        if not context.get("schemaTitle"):
+            return _error(400, "context.schema_title is required")
+        name = f"{store}/contexts/{context_id}"
+        if name in self.contexts:
+            return _error(409, f"{name} already exists")
+        now = _now()
+        self.contexts[name] = {**context, "name": name, "createTime": now, "updateTime": now}
+        return 200, "application/json", json.dumps(self.contexts[name]).encode()
+
+    def _add_children(self, name: str, request: Request) -> tuple[int, str, bytes]:
+        if name not in self.contexts:
+            return _error(404, f"{name} not found")
+        children = request.json().get("childContexts", [])
+        for child in children:
+            if child not in self.contexts:
+                return _error(404, f"child context {child} not found")
+        known = self.children.setdefault(name, [])
+        known.extend(child for child in children if child not in known)
+        return 200, "application/json", b"{}"
+
+    def _create_schedule(self, parent: str, request: Request) -> tuple[int, str, bytes]:
+        schedule = request.json()
+        problem = _schedule_problem(parent, schedule)
+        if problem:
+            return _error(400, problem)
+        now = _now()
+        name = f"{parent}/schedules/{1000 + len(self.schedules)}"
+        schedule.update(name=name, state="ACTIVE", createTime=now, updateTime=now)
+        schedule.update(startTime=now, nextRunTime=now)
+        self.schedules[name] = schedule
+        return 200, "application/json", json.dumps(schedule).encode()
+
+    def _list_schedules(self, parent: str, request: Request) -> tuple[int, str, bytes]:
+        found = [s for name, s in self.schedules.items() if name.startswith(f"{parent}/")]
+        return 200, "application/json", json.dumps({"schedules": found}).encode()
+
+    def _pause_or_resume(self, name: str, action: str) -> tuple[int, str, bytes]:
+        schedule = self.schedules.get(name)
+        if schedule is None:
+            return _error(404, f"{name} not found")
+        before, after = ("ACTIVE", "PAUSED") if action == "pause" else ("PAUSED", "ACTIVE")
+        if schedule["state"] != before:
+            message = f"cannot {action} a schedule in state {schedule['state']}"
+            return _error(400, message, "FAILED_PRECONDITION")
+        schedule.update(state=after, updateTime=_now())
+        return 200, "application/json", b"{}"
+
+    def _delete_schedule(self, name: str, _: Request) -> tuple[int, str, bytes]:
+        if self.schedules.pop(name, None) is None:
+            return _error(404, f"{name} not found")
+        return _done_operation(name, "google.protobuf.Empty", {})
 
     def _upload_template(self, request: Request) -> tuple[int, str, bytes]:
         content = request.form().get("content", (None, b""))[1]
@@ -96,8 +219,51 @@ class FakeGoogleApis:
         return 200, "text/plain", f"{name}/sha256:{digest}".encode()
 
 
-def _error(status: int, message: str) -> tuple[int, str, bytes]:
-    body = {"error": {"code": status, "message": message, "status": "NOT_FOUND"}}
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _get(resources: dict[str, dict], name: str) -> tuple[int, str, bytes]:
+    if name not in resources:
+        return _error(404, f"{name} not found")
+    return 200, "application/json", json.dumps(resources[name]).encode()
+
+
+def _done_operation(resource: str, type_name: str, response: dict) -> tuple[int, str, bytes]:
+    """A long-running operation that is already done, so the client does not poll it."""
+    if "." not in type_name:
+        type_name = f"google.cloud.aiplatform.v1.{type_name}"
+    operation = {
+        "name": f"{resource}/operations/1",
+        "done": True,
+        "response": {"@type": f"type.googleapis.com/{type_name}", **response},
+    }
+    return 200, "application/json", json.dumps(operation).encode()
+
+
+def _schedule_problem(parent: str, schedule: dict) -> str | None:
+    """What Vertex would refuse in a CreateSchedule body (a pipeline schedule), or None."""
+    if not schedule.get("displayName"):
+        return "schedule.display_name is required"
+    if not CRON.fullmatch(schedule.get("cron", "")):
+        return f"schedule.cron {schedule.get('cron')!r} is not a 5-field cron expression"
+    if int(schedule.get("maxConcurrentRunCount", 0)) < 1:
+        return "schedule.max_concurrent_run_count is required and must be positive"
+    request = schedule.get("createPipelineJobRequest")
+    if not request:
+        return "schedule.create_pipeline_job_request is required"
+    if request.get("parent") != parent:
+        return f"create_pipeline_job_request.parent must be {parent}, got {request.get('parent')}"
+    job = request.get("pipelineJob") or {}
+    if not job.get("pipelineSpec", {}).get("root"):
+        return "create_pipeline_job_request.pipeline_job.pipeline_spec is required"
+    if not job.get("runtimeConfig", {}).get("gcsOutputDirectory"):
+        return "create_pipeline_job_request.pipeline_job.runtime_config.gcs_output_directory"
+    return None
+
+
+def _error(status: int, message: str, reason: str = "") -> tuple[int, str, bytes]:
+    body = {"error": {"code": status, "message": message, "status": reason or _STATUS[status]}}
     return status, "application/json", json.dumps(body).encode()
 
 
@@ -139,7 +305,7 @@ def start() -> tuple[FakeGoogleApis, str, _Server]:
     """Serve a fresh fake on a free loopback port; returns (state, base URL, server)."""
     state = FakeGoogleApis()
     server = _Server(state)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return state, f"http://127.0.0.1:{server.server_address[1]}", server
 
 
