@@ -138,7 +138,8 @@ def test_history_is_optional_but_must_be_json(tmp_path):
 
 def test_reading_a_model_folder_needs_no_tensorflow():
     code = (
-        "import sys; from image_segmentation import model_folder, export_folder, upload; "
+        "import sys; from image_segmentation.contracts import model_folder, export_folder; "
+        "from image_segmentation.cloud import upload; "
         "print(sorted({'tensorflow', 'keras', 'coremltools'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
