@@ -2,6 +2,7 @@
 
 from components.images import STAGE_IMAGES, Images
 from components.stages import (
+    challenge_component,
     convert_component,
     download_component,
     evaluate_component,
@@ -14,6 +15,7 @@ from components.stages import (
 __all__ = [
     "STAGE_IMAGES",
     "Images",
+    "challenge_component",
     "convert_component",
     "download_component",
     "evaluate_component",

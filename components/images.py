@@ -29,6 +29,7 @@ STAGE_IMAGES = {
     "training-job": "light",
     "train": "train",
     "evaluate": "export",
+    "challenge": "export",  # scores the champion's TFLite model when the data differ
     "convert": "export",
     "upload": "light",
 }

@@ -5,7 +5,7 @@ Kubeflow gives (`/gcs/...` on Vertex). Every stage step starts with `--executor-
 so the stage itself writes the executor output Kubeflow reads its artifacts (with Metrics
 values) and parameter outputs from. Training is not a component here: `training_job` writes the
 worker pools of the Vertex AI CustomJob that trains (see pipelines/training.py). One more
-component helps the pipeline: `not_published` only logs why the quality gate stopped a run.
+component helps the pipeline: `not_published` only logs why the challenge stopped a run.
 The components are made per image set, so one pipeline definition compiles for any registry
 and tag.
 """
@@ -19,11 +19,7 @@ PYTHON = "python"  # on the images' PATH: the virtual environment that holds the
 STAGE = [PYTHON, "-m", "image_segmentation"]
 EXECUTOR = ["--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
 DOWNLOAD_SCRATCH = "/tmp/ade20k-archive"  # the zip goes to local disk, not the mounted bucket
-NOT_PUBLISHED_SCRIPT = (
-    "import sys; miou, min_miou = map(float, sys.argv[1:]); "
-    "print(f'mIoU {miou:.4f} is below min_miou {min_miou:.4f}: "
-    "the model was not converted or uploaded')"
-)
+NOT_PUBLISHED_SCRIPT = "import sys; print(f'not converted or uploaded, stopped by {sys.argv[1]}')"
 
 
 def stage_command(stage: str, *options: str) -> list[str]:
@@ -160,14 +156,52 @@ def evaluate_component(images: Images):
     return evaluate
 
 
+def challenge_component(images: Images):
+    @dsl.container_component
+    def challenge(
+        evaluation: Input[Artifact],
+        data: Input[Dataset],
+        destination: str,
+        model_name: str,
+        min_miou: float,
+        min_improvement: float,
+        replace_champion: bool,
+        decision: Output[Artifact],
+        publish: dsl.OutputPath(str),
+        reason: dsl.OutputPath(str),
+    ):
+        """Decide whether the evaluated model is published: it must reach min_miou and beat
+        the champion of DESTINATION/MODEL_NAME by min_improvement on the same validation data
+        (the champion's FP32 TFLite model is scored on this run's when needed)."""
+        return dsl.ContainerSpec(
+            image=images.for_stage("challenge"),
+            command=stage_command("challenge"),
+            args=[
+                "--evaluation-dir", evaluation.path,
+                "--data-dir", data.path,
+                "--destination", destination,
+                "--model-name", model_name,
+                "--min-miou", min_miou,
+                "--min-improvement", min_improvement,
+                "--replace-champion", replace_champion,
+                "--output-dir", decision.path,
+                "--publish-output", publish,
+                "--reason-output", reason,
+            ],
+        )  # fmt: skip
+
+    return challenge
+
+
 def not_published_component(images: Images):
     @dsl.container_component
-    def not_published(miou: float, min_miou: float):
-        """Say in the run's logs why nothing was published; the run itself succeeds."""
+    def not_published(reason: str):
+        """Say in the run's logs which rule stopped the run and by how much; the run itself
+        succeeds."""
         return dsl.ContainerSpec(
             image=images.image("light"),
             command=[PYTHON, "-c", NOT_PUBLISHED_SCRIPT],
-            args=[miou, min_miou],
+            args=[reason],
         )
 
     return not_published
@@ -197,13 +231,15 @@ def upload_component(images: Images):
         exported: Input[Model],
         model: Input[Model],
         evaluation: Input[Artifact],
+        challenge: Input[Artifact],
         destination: str,
         model_name: str,
         version: str,
         uris: Output[dsl.Artifact],
     ):
         """Publish the exported files as gs://DESTINATION/MODEL_NAME/VERSION with a manifest
-        whose metrics are the evaluation's of the model's weights."""
+        whose metrics are the evaluation's of the model's weights, then make it the champion
+        (champion.json) unless another run became champion since the challenge."""
         return dsl.ContainerSpec(
             image=images.for_stage("upload"),
             command=stage_command("upload"),
@@ -211,6 +247,7 @@ def upload_component(images: Images):
                 "--export-dir", exported.path,
                 "--model-dir", model.path,
                 "--evaluation-dir", evaluation.path,
+                "--challenge-dir", challenge.path,
                 "--destination", destination,
                 "--model-name", model_name,
                 "--version", version,

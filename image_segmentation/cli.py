@@ -31,6 +31,10 @@ STAGES = {
         "image_segmentation.stages.evaluate",
         "Score a trained model on the validation split.",
     ),
+    "challenge": (
+        "image_segmentation.stages.challenge",
+        "Decide whether a model beats the published champion.",
+    ),
     "export": (
         "image_segmentation.stages.export",
         "Convert a trained model to Core ML and TFLite.",

@@ -1,7 +1,11 @@
-"""The training pipeline: download -> prepare -> train (GPU) -> evaluate -> convert -> upload.
+"""The training pipeline: download -> prepare -> train (GPU) -> evaluate -> challenge -> convert
+-> upload.
 
-Convert and upload run only when the evaluated mIoU reaches `min_miou` (the quality gate);
-otherwise a small step logs why, and the run still succeeds.
+Convert and upload run only when the challenge step says publish: the evaluated mIoU reaches
+`min_miou` (the absolute floor) and beats the champion of DESTINATION/MODEL_NAME/ (named by its
+champion.json) by at least `min_improvement` on the same validation data; upload then makes
+the new version the champion. Otherwise a small step logs which rule stopped the run and by
+how much, and the run still succeeds.
 
 Training runs as a Vertex AI CustomJob (pipelines/training.py). There is one template: `make
 pipeline-local` runs the same one on this machine through the Vertex emulator
@@ -17,6 +21,7 @@ from kfp.dsl import Artifact, Input, Model, graph_component
 
 from components import (
     Images,
+    challenge_component,
     convert_component,
     download_component,
     evaluate_component,
@@ -35,13 +40,14 @@ JOB_NAME = dsl.PIPELINE_JOB_NAME_PLACEHOLDER  # e.g. image-segmentation-20261123
 
 
 def publish(
-    upload, exported, model, evaluation, destination, model_name, version
+    upload, exported, model, evaluation, challenge, destination, model_name, version
 ) -> dsl.PipelineTask:
     """The upload step; never cached, since every run publishes its own version."""
     task = upload(
         exported=exported,
         model=model,
         evaluation=evaluation,
+        challenge=challenge,
         destination=destination,
         model_name=model_name,
         version=version,
@@ -54,12 +60,13 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
     download = download_component(images)
     prepare = prepare_component(images)
     evaluate = evaluate_component(images)
+    challenge = challenge_component(images)
     not_published = not_published_component(images)
     convert = convert_component(images)
     upload = upload_component(images)
 
     # The compiler does not pass a parameter that only sets a step's resources into a condition
-    # (the quality gate), so convert runs inside this small pipeline, whose inputs reach it.
+    # (the challenge's gate), so convert runs inside this small pipeline, whose inputs reach it.
     @dsl.pipeline(name="convert-with-resources")
     def convert_with_resources(
         model: Input[Model], evaluation: Input[Artifact], cpu: str, memory: str
@@ -101,6 +108,8 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         convert_cpu: str = "4",
         convert_memory: str = "16G",
         min_miou: float = 0.0,
+        min_improvement: float = 0.0,
+        replace_champion: bool = False,
     ):
         """Train ICNet on a whitelisted subset of ADE20K and publish it as Core ML and TFLite.
 
@@ -156,9 +165,16 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             convert_cpu: vCPUs of the convert step.
             convert_memory: Memory of the convert step, e.g. 16G.
             min_miou: Quality gate (0-1): the model is converted and published only when its
-                mean IoU on the validation split is at least this; 0 publishes every model.
-                ADE20K benchmark convention: class 0 'none' (the classes not on the
-                whitelist) is scored like the others, unlabelled pixels are not.
+                mean IoU on the validation split is at least this; 0 lets every model on to
+                the champion comparison. ADE20K benchmark convention: class 0 'none' (the
+                classes not on the whitelist) is scored like the others,
+                unlabelled pixels are not.
+            min_improvement: How much the mean IoU must beat the champion's (the version
+                DESTINATION/MODEL_NAME/champion.json names) by, on the same validation data,
+                to be published and become the champion; 0: at least equal. The first model
+                that reaches min_miou becomes the champion.
+            replace_champion: Publish, and make champion, a model whose labels differ from
+                the champion's, which no mean IoU can be compared with.
         """
         downloaded = download(source=source_url, sha1=source_sha1)
         prepared = prepare(
@@ -194,8 +210,19 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         model = trained.outputs["model"]
         evaluated = evaluate(data=prepared.outputs["prepared"], model=model).after(job)
         evaluated.set_cpu_limit(evaluate_cpu).set_memory_limit(evaluate_memory)
-        with dsl.If(evaluated.outputs["miou"] >= min_miou, name="quality-gate"):
+        challenged = challenge(
+            evaluation=evaluated.outputs["evaluation"],
+            data=prepared.outputs["prepared"],
+            destination=destination,
+            model_name=model_name,
+            min_miou=min_miou,
+            min_improvement=min_improvement,
+            replace_champion=replace_champion,
+        )
+        challenged.set_caching_options(False)  # the champion changes between runs
+        with dsl.If(challenged.outputs["publish"] == "true", name="quality-gate"):
             evaluation = evaluated.outputs["evaluation"]
+            decision = challenged.outputs["decision"]
             exported = convert_with_resources(
                 model=model,
                 evaluation=evaluation,
@@ -205,11 +232,17 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             # Vertex does not resolve IfPresent placeholders (googleapis/python-aiplatform#4164),
             # so the default version is chosen here: one of the two upload tasks runs.
             with dsl.If(model_version == "", name="version-is-job-name"):
-                publish(upload, exported, model, evaluation, destination, model_name, JOB_NAME)
+                publish(
+                    upload, exported, model, evaluation, decision, destination, model_name,
+                    JOB_NAME,
+                )  # fmt: skip
             with dsl.Else(name="version-given"):
-                publish(upload, exported, model, evaluation, destination, model_name, model_version)
-        with dsl.Else(name="below-min-miou"):
-            skipped = not_published(miou=evaluated.outputs["miou"], min_miou=min_miou)
+                publish(
+                    upload, exported, model, evaluation, decision, destination, model_name,
+                    model_version,
+                )  # fmt: skip
+        with dsl.Else(name="not-champion"):
+            skipped = not_published(reason=challenged.outputs["reason"])
             skipped.set_caching_options(False)  # every gated run says why nothing was published
 
     return image_segmentation

@@ -139,7 +139,7 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     states = task_states(log)
     for task in ("download", "prepare", "training-job", "train", "evaluate", "convert"):
         assert states[task] == "succeeded", log[-4000:]
-    assert states["upload"] == "succeeded" and states["below-min-miou"] == "skipped"
+    assert states["upload"] == "succeeded" and states["not-champion"] == "skipped"
     # The job's one machine ran the train image the request named, with the export image in
     # its place (no GPU here).
     assert (
@@ -185,8 +185,9 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     assert states["quality-gate"] == "skipped" and "convert" not in states
     miou = evaluation["miou"]
     assert (
-        f"mIoU {miou:.4f} is below min_miou 1.0000: the model was not converted or uploaded" in log
-    )
+        f"not converted or uploaded, stopped by min_miou: mIoU {miou:.4f} is below min_miou "
+        f"1.0000 by {1 - miou:.4f}; not published"
+    ) in log
     assert [blob.name for blob in gcs_client.list_blobs("local-models")] == names
 
 

@@ -100,7 +100,7 @@ def test_one_machine_a_preempted_job_is_retried_and_resumes(vertex, capfd):
     ended = states(finished)
     for task in ("download", "prepare", "training-job", "train", "evaluate", "convert"):
         assert ended[task] in ("succeeded", "cached"), ended
-    assert ended["below-min-miou"] == "skipped"
+    assert ended["not-champion"] == "skipped"  # the first model: no champion yet
     assert finished.results["root.train"].attempts == 2
     assert [job.state.name for job in jobs] == ["JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED"]
 
@@ -136,6 +136,9 @@ def test_one_machine_a_preempted_job_is_retried_and_resumes(vertex, capfd):
     (manifest,) = published_manifests(vertex)
     evaluated = finished.results["root.evaluate"].parameters["miou"]
     assert manifest["metrics"]["miou"] == pytest.approx(evaluated)
+    assert manifest["challenge"]["rule"] == "first champion"
+    pointer = vertex["bucket"].blob("icnet/icnet-living-room/champion.json")
+    assert json.loads(pointer.download_as_text())["version"] == manifest["version"]
 
 
 def test_two_machines_train_together_and_publish(vertex, capfd):
@@ -144,12 +147,18 @@ def test_two_machines_train_together_and_publish(vertex, capfd):
             vertex,
             service,
             substitution="text",
-            parameters={"replica_count": 2, "model_version": "two-machines", "epochs": 1},
+            # a worse model than the first run's is published too (as a regression allows)
+            parameters={
+                "replica_count": 2,
+                "model_version": "two-machines",
+                "epochs": 1,
+                "min_improvement": -1.0,
+            },
         )
         (job,) = service.jobs()
     ended = states(finished)
     assert ended["download"] == ended["prepare"] == "cached"  # the first test's, as on Vertex
-    assert ended["upload-2"] == "succeeded" and ended["below-min-miou"] == "skipped"
+    assert ended["upload-2"] == "succeeded" and ended["not-champion"] == "skipped"
     chief, workers = job.job_spec.worker_pool_specs
     assert (chief.replica_count, workers.replica_count) == (1, 1)
     assert workers.container_spec == chief.container_spec

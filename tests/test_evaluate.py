@@ -14,7 +14,7 @@ from PIL import Image
 from test_data_folder import write_folder
 
 from image_segmentation import cli
-from image_segmentation.contracts import data_folder, model_folder
+from image_segmentation.contracts import data_folder, evaluation_folder, model_folder
 from image_segmentation.data import dataset, records
 from image_segmentation.errors import StageError
 from image_segmentation.evaluation import evaluator, metrics, report, scoring
@@ -143,6 +143,11 @@ def test_stage_scores_every_annotated_pixel_and_writes_metrics_report_and_kfp_fi
     assert result["pixels_scored"] == total < sum(mask.size for mask in masks)
     assert result["evaluation"]["resize"] == "stretch"
     assert result["evaluation"]["model_weights_sha256"] == model_folder.weights_digest(model_dir)
+    # what it scored on: the challenge compares recorded numbers only on the same digest
+    shards = data_folder.list_shards(data_dir, "val")
+    digest = evaluation_folder.validation_digest(shards, data_dir / "labels.txt", None)
+    assert result[evaluation_folder.DATA_DIGEST] == digest
+    assert evaluation_folder.published_metrics(out, model_dir)["validation_data_sha256"] == digest
 
     assert capsys.readouterr().out.strip() == f"miou {result['miou']:.6f}"
     assert float(gate.read_text()) == result["miou"]
@@ -277,6 +282,30 @@ def test_a_mask_value_beyond_the_labels_is_refused(data_dir):
     )
     with pytest.raises(StageError, match="mask value 2, but the labels list only 2 classes"):
         evaluator.evaluate_model(colour_model(), batches, 2, 1, 0)
+
+
+def test_the_validation_digest_is_the_data_not_the_file_names(tmp_path, data_dir, masks):
+    """Two prepare runs of the same data (a rerun names its shards .gen2) give one digest;
+    other masks, other labels or a limit on the images scored give another."""
+
+    def digest(folder, max_images=None):
+        shards = data_folder.list_shards(folder, "val")
+        return evaluation_folder.validation_digest(shards, folder / "labels.txt", max_images)
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in sorted(data_dir.iterdir()):
+        shutil.copyfile(path, copy / path.name.replace(".tfrecord", ".gen2.tfrecord"))
+    stats = json.loads((copy / "stats.json").read_text())
+    for split in stats["splits"].values():
+        split["shards"] = [name.replace(".tfrecord", ".gen2.tfrecord") for name in split["shards"]]
+    (copy / "stats.json").write_text(json.dumps(stats))
+    assert digest(copy) == digest(data_dir)
+    assert digest(data_dir, max_images=2) != digest(data_dir)
+    other_masks = write_data_dir(tmp_path / "other", make_masks(seed=1))
+    assert digest(other_masks) != digest(data_dir)
+    relabelled = write_data_dir(tmp_path / "relabelled", masks, ["none", "red", "green thing"])
+    assert digest(relabelled) != digest(data_dir)
 
 
 def test_scoring_upsamples_bilinearly_takes_the_argmax_and_counts_annotated_pixels():

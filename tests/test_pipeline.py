@@ -29,16 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 REGISTRY, TAG = "europe-west4-docker.pkg.dev/my-project/images", "v7"
 TRAIN_IMAGE = f"{REGISTRY}/image-segmentation-train:{TAG}"
 # The container steps that run a stage; the train task is Google's CustomJob launcher instead.
-STEPS = ("download", "prepare", "training-job", "evaluate", "convert", "upload", "upload-2")
+STEPS = ("download", "prepare", "training-job", "evaluate", "challenge", "convert", "upload",
+         "upload-2")  # fmt: skip
 TRAIN = "custom-training-job"  # the CustomJob task (display name "train")
 PARAM = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 ARTIFACT = re.compile(r"\{\{\$\.(inputs|outputs)\.artifacts\['([^']+)'\]\.(path|uri)\}\}")
 OUTPUT_PARAM = re.compile(r"\{\{\$\.outputs\.parameters\['([^']+)'\]\.output_file\}\}")
 KFP_TYPES = {float: "NUMBER_DOUBLE", list: "LIST", str: "STRING"}  # OUTPUT_PARAMETERS' kinds
-GATE = (
-    "inputs.parameter_values['pipelinechannel--evaluate-miou'] >= "
-    "inputs.parameter_values['pipelinechannel--min_miou']"
-)
+GATE = "inputs.parameter_values['pipelinechannel--challenge-publish'] == 'true'"
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +108,11 @@ def steps_under(spec: dict, tasks: dict[str, dict]) -> set[str]:
 
 
 def test_steps_run_in_order_with_artifacts_passed(spec):
-    """download -> prepare -> training-job -> train (the CustomJob) -> evaluate. The model is
-    the training-job step's `model` output, which the CustomJob fills, so evaluate must wait for
-    the job as well as take the artifact."""
+    """download -> prepare -> training-job -> train (the CustomJob) -> evaluate -> challenge.
+    The model is the training-job step's `model` output, which the CustomJob fills, so evaluate
+    must wait for the job as well as take the artifact."""
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"download", "prepare", "training-job", TRAIN, "evaluate",
+    assert set(tasks) == {"download", "prepare", "training-job", TRAIN, "evaluate", "challenge",
                           "condition-branches-1"}  # fmt: skip
     assert "dependentTasks" not in tasks["download"]
     assert tasks["prepare"]["dependentTasks"] == ["download"]
@@ -128,11 +126,18 @@ def test_steps_run_in_order_with_artifacts_passed(spec):
         "data": ("prepare", "prepared"),
         "model": ("training-job", "model"),
     }
+    # the challenge compares the evaluation with the champion on the same validation data
+    assert sorted(tasks["challenge"]["dependentTasks"]) == ["evaluate", "prepare"]
+    assert artifact_sources(tasks["challenge"]) == {
+        "evaluation": ("evaluate", "evaluation"),
+        "data": ("prepare", "prepared"),
+    }
     gate = tasks["condition-branches-1"]
-    assert sorted(gate["dependentTasks"]) == ["evaluate", "training-job"]
+    assert sorted(gate["dependentTasks"]) == ["challenge", "evaluate", "training-job"]
     assert artifact_sources(gate) == {
         "pipelinechannel--training-job-model": ("training-job", "model"),
         "pipelinechannel--evaluate-evaluation": ("evaluate", "evaluation"),
+        "pipelinechannel--challenge-decision": ("challenge", "decision"),
     }
     (convert,) = [t for t in dag_tasks(spec, branches(spec, gate)["quality-gate"]).values()
                   if t["componentRef"]["name"] == "comp-convert-with-resources"]  # fmt: skip
@@ -149,37 +154,47 @@ def test_steps_run_in_order_with_artifacts_passed(spec):
     # the same model folder and resumes; a finished job is taken from the cache too.
     for name in ("training-job", TRAIN, "evaluate"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    assert tasks["challenge"]["cachingOptions"] == {}  # the champion changes between runs
     # one template: no plain train step, no machine-count branches
     assert "comp-train" not in spec["components"]
     assert "comp-worker-replicas" not in spec["components"]
     assert set(custom_job_tasks(spec)) == {TRAIN}
 
 
-def test_convert_and_upload_run_only_when_the_evaluated_miou_reaches_min_miou(spec):
+def test_convert_and_upload_run_only_when_the_challenge_says_publish(spec):
     tasks = spec["root"]["dag"]["tasks"]
     gate = gate_task(spec)
     before_gate = {k: task for k, task in tasks.items() if task is not gate}
     assert steps_under(spec, before_gate) == {
         "comp-download", "comp-prepare", "comp-training-job", "comp-custom-training-job",
-        "comp-evaluate",
+        "comp-evaluate", "comp-challenge",
+    }  # fmt: skip
+    # the challenge applies min_miou, then compares with the champion of the model folder
+    assert tasks["challenge"]["inputs"]["parameters"] == {
+        name: {"componentInputParameter": name}
+        for name in ("destination", "model_name", "min_miou", "min_improvement",
+                     "replace_champion")
     }  # fmt: skip
     wiring = gate["inputs"]["parameters"]
-    assert wiring["pipelinechannel--evaluate-miou"] == {
-        "taskOutputParameter": {"producerTask": "evaluate", "outputParameterKey": "miou"}
+    assert wiring["pipelinechannel--challenge-publish"] == {
+        "taskOutputParameter": {"producerTask": "challenge", "outputParameterKey": "publish"}
     }
-    assert wiring["pipelinechannel--min_miou"] == {"componentInputParameter": "min_miou"}
     paths = branches(spec, gate)
     conditions = {name: branch["triggerPolicy"]["condition"] for name, branch in paths.items()}
-    assert conditions == {"quality-gate": GATE, "below-min-miou": f"!({GATE})"}
+    assert conditions == {"quality-gate": GATE, "not-champion": f"!({GATE})"}
     assert steps_under(spec, dag_tasks(spec, paths["quality-gate"])) == {
         "comp-convert", "comp-upload", "comp-upload-2",
     }  # fmt: skip
-    (message,) = dag_tasks(spec, paths["below-min-miou"]).values()
+    (message,) = dag_tasks(spec, paths["not-champion"]).values()
     assert message["componentRef"]["name"] == "comp-not-published"
     assert message["inputs"]["parameters"] == {
-        "miou": {"componentInputParameter": "pipelinechannel--evaluate-miou"},
-        "min_miou": {"componentInputParameter": "pipelinechannel--min_miou"},
+        "reason": {"componentInputParameter": "pipelinechannel--challenge-reason"},
     }
+    challenge_outputs = spec["components"]["comp-challenge"]["outputDefinitions"]
+    assert challenge_outputs["parameters"] == {
+        "publish": {"parameterType": "STRING"}, "reason": {"parameterType": "STRING"},
+    }  # fmt: skip
+    assert list(challenge_outputs["artifacts"]) == ["decision"]
     assert message["cachingOptions"] == {}  # the reason is logged on every gated run
     evaluate_outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]
     assert evaluate_outputs["parameters"] == {"miou": {"parameterType": "NUMBER_DOUBLE"}}
@@ -198,6 +213,11 @@ def test_min_miou_defaults_to_publishing_every_model(spec):
     description = parameter["description"]
     assert "mean IoU" in description and "class 0" in description and "ADE20K" in description
     assert "unlabelled pixels are not" in description
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["min_improvement"]["defaultValue"] == 0.0  # at least equal
+    assert parameters["replace_champion"]["defaultValue"] is False
+    assert parameters["replace_champion"]["parameterType"] == "BOOLEAN"
+    assert "champion.json" in parameters["min_improvement"]["description"]
 
 
 def test_the_gated_run_logs_why_nothing_was_published(spec):
@@ -205,16 +225,11 @@ def test_the_gated_run_logs_why_nothing_was_published(spec):
     container = executor(spec, "not-published")
     assert container["image"] == f"{REGISTRY}/image-segmentation-light:{TAG}"
     assert container["command"][0] == "python"
-    types = {"miou": "NUMBER_DOUBLE", "min_miou": "NUMBER_DOUBLE"}
-    assert container["args"] == ["{{$.inputs.parameters['miou']}}",
-                                 "{{$.inputs.parameters['min_miou']}}"]  # fmt: skip
-    assert [_resolve(arg, types) for arg in container["args"]] == ["0.5", "0.5"]
-    args = ["0.123456", "1.01"]  # as kfp.local and Vertex render the two floats
-    result = subprocess.run([sys.executable, *container["command"][1:], *args],
+    assert container["args"] == ["{{$.inputs.parameters['reason']}}"]
+    reason = "min_miou: mIoU 0.1235 is below min_miou 0.5000 by 0.3765; not published"
+    result = subprocess.run([sys.executable, *container["command"][1:], reason],
                             capture_output=True, text=True, check=True)  # fmt: skip
-    assert result.stdout == (
-        "mIoU 0.1235 is below min_miou 1.0100: the model was not converted or uploaded\n"
-    )
+    assert result.stdout == f"not converted or uploaded, stopped by {reason}\n"
 
 
 def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
@@ -237,6 +252,8 @@ def test_one_upload_runs_with_the_given_version_or_the_job_name(spec):
             "model": ("input", model[1]),  # the model that was converted
             # its evaluation: the manifest's metrics must be these
             "evaluation": ("input", "pipelinechannel--evaluate-evaluation"),
+            # the decision: the champion generation its pointer write is conditional on
+            "challenge": ("input", "pipelinechannel--challenge-decision"),
         }
         versions[name] = upload["inputs"]["parameters"]["version"]
     assert versions == {
@@ -252,6 +269,7 @@ def test_images_come_from_the_registry_and_tag(spec):
         "prepare": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "training-job": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "evaluate": f"{REGISTRY}/image-segmentation-export:{TAG}",
+        "challenge": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "convert": f"{REGISTRY}/image-segmentation-export:{TAG}",
         "upload": f"{REGISTRY}/image-segmentation-light:{TAG}",
         "upload-2": f"{REGISTRY}/image-segmentation-light:{TAG}",
@@ -582,7 +600,8 @@ def test_every_parameter_has_a_description_for_the_console(spec):
 
 def _resolve(arg: str, parameter_types: dict[str, str]) -> str:
     """A command-line item with sample values for its placeholders."""
-    samples = {"STRING": "text", "NUMBER_INTEGER": "3", "NUMBER_DOUBLE": "0.5"}
+    samples = {"STRING": "text", "NUMBER_INTEGER": "3", "NUMBER_DOUBLE": "0.5",
+               "BOOLEAN": "false"}  # fmt: skip
     choices = {"resize": "crop"}  # strings the stage accepts only from a list
     arg = PARAM.sub(lambda m: choices.get(m.group(1), samples[parameter_types[m.group(1)]]), arg)
     arg = OUTPUT_PARAM.sub(lambda m: f"/parameters/{m.group(1)}", arg)

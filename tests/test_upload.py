@@ -1,11 +1,14 @@
 """The upload stage against a real gcp-storage-emulator server through the real client.
 
 Transient faults come from a small threaded HTTP proxy in front of the emulator. The
-emulator ignores `ifGenerationMatch`, so the proxy also enforces `ifGenerationMatch=0` on
-uploads the way real GCS does (412), to exercise what a retried create meets there.
+emulator ignores `ifGenerationMatch`, so the proxy also enforces it on uploads the way real
+GCS does (412; 0: the object must not exist, N: it must be at generation N), one conditional
+write at a time as GCS applies them atomically, to exercise what a retried create meets there
+and what two runs racing for the champion pointer meet.
 """
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -60,6 +63,7 @@ class FaultProxy:
         self.injected: Counter = Counter()
         self.seen: Counter = Counter()
         self.lock = threading.Lock()
+        self.write_lock = threading.Lock()  # a precondition check and its write are one step
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,18 +113,22 @@ class FaultProxy:
         finally:
             conn.close()
 
-    def _object_exists(self, url: urllib.parse.SplitResult, body: bytes) -> bool:
-        """Whether the object a create-only (ifGenerationMatch=0) upload names exists."""
+    def _precondition_fails(self, url: urllib.parse.SplitResult, body: bytes) -> bool:
+        """Whether an upload's ifGenerationMatch does not hold: for 0, the object exists; for
+        N, the object is not at generation N."""
         query = urllib.parse.parse_qs(url.query)
-        if query.get("ifGenerationMatch") != ["0"]:
+        if "ifGenerationMatch" not in query or not url.path.startswith("/upload/"):
             return False
+        wanted = int(query["ifGenerationMatch"][0])
         name = query.get("name", [None])[0]
         if name is None:  # multipart: the name is in the JSON part that comes first
             text = body.decode("latin-1")
             name = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["name"]
         bucket = url.path.split("/b/")[1].split("/")[0]
         path = f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
-        return self._forward("GET", path, {}, b"")[0] == 200
+        status, _, reply = self._forward("GET", path, {}, b"")
+        generation = int(json.loads(reply)["generation"]) if status == 200 else 0
+        return generation != wanted
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         assert "chunked" not in handler.headers.get("Transfer-Encoding", "")
@@ -132,10 +140,13 @@ class FaultProxy:
             return
         if mode == "503-before":
             return self._reply(handler, 503, [], b'{"error": {"code": 503}}')
-        if self._object_exists(url, body):
-            return self._reply(handler, 412, [], b'{"error": {"code": 412}}')
         headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
-        status, reply_headers, reply = self._forward(handler.command, handler.path, headers, body)
+        with self.write_lock if "ifGenerationMatch" in url.query else contextlib.nullcontext():
+            if self._precondition_fails(url, body):
+                return self._reply(handler, 412, [], b'{"error": {"code": 412}}')
+            status, reply_headers, reply = self._forward(
+                handler.command, handler.path, headers, body
+            )
         if mode == "503-after":
             return self._reply(handler, 503, [], b'{"error": {"code": 503}}')
         if mode == "truncate":

@@ -14,6 +14,13 @@ safe. A retried create that finds its own first attempt already stored compares 
 instead of failing. Each request is retried for at most `--deadline` seconds, every retry
 logged with the time left, so an unreachable Cloud Storage ends the step with a one-line error
 instead of holding it for long.
+
+With the challenge stage's decision, the version is then made the champion of its model folder
+(cloud/champion.py): `champion.json` is written after the manifest, under the precondition
+that it is still the generation the challenge compared against. When another run changed it
+first, this version stays published, complete and verified, but is not the champion: upload
+says so in one warning line and still succeeds (the version is sound; only the race was
+lost, and a retry would lose it again), and its result says "champion": false.
 """
 
 import contextlib
@@ -22,7 +29,6 @@ import logging
 import math
 import mimetypes
 import os
-import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +37,7 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry
 from google.cloud import storage as gcs
 
+from image_segmentation.cloud import champion as champions
 from image_segmentation.cloud import storage
 from image_segmentation.contracts import evaluation_folder, export_folder, model_folder
 from image_segmentation.errors import StageError, short_json
@@ -38,16 +45,13 @@ from image_segmentation.errors import StageError, short_json
 log = logging.getLogger(__name__)
 
 
-MANIFEST = "manifest.json"
+MANIFEST = champions.MANIFEST
 
 
 MANIFEST_FORMAT_VERSION = 1
 
 
 SOURCE_RUN_ENV_VARS = ("AIP_PIPELINE_JOB_NAME", "CLOUD_ML_JOB_ID")
-
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 DEFAULT_DEADLINE = 300.0  # seconds a failing request is retried before the stage gives up
@@ -63,14 +67,28 @@ def default_source_run() -> str | None:
 
 def version_prefix(destination: str, model_name: str, version: str) -> tuple[str, str]:
     """(bucket, "PREFIX/MODEL/VERSION/") after checking every part, so no path can escape."""
-    bucket, prefix = storage.split_gcs_uri(destination)
-    for what, value in (("model name", model_name), ("version", version)):
-        if not _NAME.fullmatch(value):
-            raise StageError(f"bad {what} {value!r}: use letters, digits, '.', '_' and '-'")
-    parts = [part for part in prefix.split("/") if part]
-    if any(part in (".", "..") for part in parts):
-        raise StageError(f"bad destination {destination!r}: '.' and '..' are not allowed")
-    return bucket, "/".join([*parts, model_name, version]) + "/"
+    bucket, prefix = champions.model_prefix(destination, model_name)
+    champions.check_name("version", version)
+    return bucket, f"{prefix}{version}/"
+
+
+def challenge_record(decision: dict, metrics: dict | None, model_folder_uri: str) -> dict:
+    """What the manifest says of the challenge this version won, after checking that the
+    decision publishes, is about this model folder and about these metrics' model."""
+    if not decision["publish"]:
+        raise StageError(f"the challenge decided not to publish: {decision.get('reason')}")
+    if decision.get("model_folder") != model_folder_uri:
+        raise StageError(
+            f"the challenge decided for {decision.get('model_folder')}, not {model_folder_uri}"
+        )
+    if (metrics or {}).get("miou") != decision.get("miou"):
+        raise StageError(
+            f"the challenge decided on mIoU {decision.get('miou')}, but the export's is "
+            f"{(metrics or {}).get('miou')}: pass the challenge of this model's evaluation"
+        )
+    keys = ("rule", "champion_version", "champion_generation", "champion_miou", "improvement",
+            "compared_by", "min_improvement")  # fmt: skip
+    return {key: decision.get(key) for key in keys}
 
 
 def model_info(record: dict, model_dir: Path | None, evaluation_dir: Path | None) -> dict:
@@ -233,20 +251,25 @@ def upload_model(
     evaluation_dir: Path | None = None,
     source_run: str | None = None,
     replace: bool = False,
+    decision: dict | None = None,
     client: gcs.Client | None = None,
     retry: Retry = RETRY,
 ) -> dict:
-    """Upload `export_dir` as gs://.../MODEL/VERSION/, verify it, then write the manifest.
+    """Upload `export_dir` as gs://.../MODEL/VERSION/, verify it, then write the manifest;
+    with the challenge's `decision`, then make it the champion (see the module doc).
 
-    Returns {"uri", "manifest", "files"} (gs:// URIs). With `replace`, the old manifest goes
-    first (the version reads as incomplete until the new one lands), unchanged files are
+    Returns {"uri", "manifest", "files"} (gs:// URIs), and with a decision "champion" (whether
+    this version is now the champion) and "champion_pointer". With `replace`, the old manifest
+    goes first (the version reads as incomplete until the new one lands), unchanged files are
     kept, changed ones overwritten and files the new export lacks deleted.
     """
     bucket_name, prefix = version_prefix(destination, model_name, version)
     uri = f"gs://{bucket_name}/{prefix}"
+    folder_uri = "gs://{}/{}".format(*champions.model_prefix(destination, model_name))
     record = export_folder.require_complete(export_dir)
     to_publish = export_folder.files_to_publish(export_dir, record)
     info = model_info(record, model_dir, evaluation_dir)
+    beat = None if decision is None else challenge_record(decision, info["metrics"], folder_uri)
     client = client or storage.gcs_client()
     bucket = client.bucket(bucket_name)
 
@@ -294,6 +317,7 @@ def upload_model(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_run": source_run,
         **info,
+        **({"challenge": beat} if beat is not None else {}),
         "files": entries,
     }
     with tempfile.TemporaryDirectory() as scratch:
@@ -308,11 +332,35 @@ def upload_model(
             retry,
         )
     log.info("wrote %s%s (%d bytes)", uri, MANIFEST, stored.size)
-    return {
+    result = {
         "uri": uri,
         "manifest": uri + MANIFEST,
         "files": [uri + entry["path"] for entry in entries],
     }
+    if decision is not None:
+        result |= crown(bucket, manifest, stored.generation, beat, retry)
+    return result
+
+
+def crown(bucket: gcs.Bucket, manifest: dict, generation: int, beat: dict, retry: Retry) -> dict:
+    """Point champion.json at the version just published, if nobody changed it since the
+    challenge read it; {"champion": won, "champion_pointer": its URI}."""
+    folder = manifest["uri"].removesuffix(f"{manifest['version']}/")
+    prefix = storage.split_gcs_uri(folder)[1]
+    previous = beat["champion_generation"]
+    replaced = None if previous == 0 else beat
+    pointer = champions.make_pointer(manifest, generation, replaced)
+    pointer_uri = folder + champions.CHAMPION_FILE
+    won = champions.point_champion(bucket, prefix, pointer, previous, retry)
+    if won:
+        log.info("%s is now the champion (%s)", manifest["uri"], pointer_uri)
+    else:
+        log.warning(
+            "%s is published but NOT the champion: %s changed after the challenge read "
+            "generation %d (another run became champion first); run again to challenge it",
+            manifest["uri"], pointer_uri, previous,
+        )  # fmt: skip
+    return {"champion": won, "champion_pointer": pointer_uri}
 
 
 def _delete(blob: gcs.Blob, retry: Retry) -> None:

@@ -28,9 +28,11 @@ from image_segmentation import files
 from image_segmentation.contracts import data_folder, model_folder
 from image_segmentation.contracts.evaluation_folder import (
     CONVENTION,
+    DATA_DIGEST,
     GATE_METRIC,
     METRICS_FILE,
     REPORT_FILE,
+    validation_digest,
 )
 from image_segmentation.data import dataset, preprocessing, records
 from image_segmentation.errors import StageError
@@ -102,14 +104,17 @@ def validation_batches(
 
 
 def evaluate_model(
-    model: keras.Model,
+    model: keras.Model | scoring.Predict,
     batches: tf.data.Dataset,
     num_classes: int,
     total: int,
     report_images: int,
 ) -> tuple[np.ndarray, list[report.Example], int]:
-    """Confusion matrix over all batches, the first `report_images` examples, images seen."""
-    predict = scoring.predictor(model)
+    """Confusion matrix over all batches, the first `report_images` examples, images seen.
+
+    `model` is a Keras model, or any function from a batch of model inputs to class
+    probabilities (an exported TFLite model, `tflite_predictor`)."""
+    predict = scoring.predictor(model) if isinstance(model, keras.Model) else model
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     examples: list[report.Example] = []
     seen, started, last_log = 0, time.monotonic(), time.monotonic()
@@ -186,6 +191,9 @@ def evaluate(
         "convention": CONVENTION,
         "images": seen,
         "labels": data.labels,
+        DATA_DIGEST: validation_digest(
+            data.shards["val"], Path(data_dir) / data_folder.LABELS_FILE, max_images
+        ),
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_axes": ["true class", "predicted class"],
         "evaluation": {
@@ -220,3 +228,44 @@ def evaluate(
         summary["miou"], summary["pixel_accuracy"], output_dir,
     )  # fmt: skip
     return result
+
+
+def tflite_predictor(model) -> scoring.Predict:
+    """A batch of model inputs to class probabilities through an exported TFLite model
+    (`predictor.Model`), one image at a time as it takes them. A label-map output becomes
+    one-hot probabilities, so the scorer's bilinear upsampling and argmax keep its labels."""
+    from image_segmentation.export.options import OUTPUT_KINDS
+
+    label_map = OUTPUT_KINDS[model.output].label_map
+    classes = len(model.labels)
+
+    def predict(images: tf.Tensor) -> tf.Tensor:
+        outputs = np.stack([model.run(image) for image in images.numpy()])
+        if label_map:
+            outputs = np.eye(classes, dtype=np.float32)[outputs.astype(np.int64)]
+        return tf.constant(outputs, tf.float32)
+
+    return predict
+
+
+def score_tflite(tflite_path: Path, record: dict, data_dir: Path, batch_size: int = 8) -> dict:
+    """Score an exported FP32 TFLite model (its export.json `record`) on the val split of
+    `data_dir` exactly as `evaluate` scores a model folder: the export's own input size,
+    normalization and resize mode, every labelled pixel at the annotation's size, one
+    confusion matrix. Returns the metrics summary (its `miou` is the gate's)."""
+    from image_segmentation.evaluation import predictor
+
+    model = predictor.tflite_model(tflite_path, record)
+    data = data_folder.read_prepared(data_dir, splits=("val",))
+    check_labels(model.labels, data.labels)
+    batches = validation_batches(
+        data.shards["val"], model.size, model.normalization, model.resize, batch_size, None
+    )
+    log.info(
+        "scoring %s on %d validation images of %s (%s resize)",
+        tflite_path, data.records["val"], data_dir, model.resize,
+    )  # fmt: skip
+    confusion, _, _ = evaluate_model(
+        tflite_predictor(model), batches, len(data.labels), data.records["val"], 0
+    )
+    return metrics.summary(confusion, data.labels)

@@ -173,10 +173,19 @@ def run(args: argparse.Namespace) -> int:
             output_dir=work / "export",
         )
         _stage(
+            "challenge",
+            evaluation_dir=work / "evaluation",
+            data_dir=work / "data",
+            destination=f"gs://{BUCKET}/segmentation",
+            model_name="living-room",
+            output_dir=work / "challenge",
+        )
+        _stage(
             "upload",
             export_dir=work / "export",
             model_dir=work / "model",
             evaluation_dir=work / "evaluation",
+            challenge_dir=work / "challenge",
             destination=f"gs://{BUCKET}/segmentation",
             model_name="living-room",
             version=1,
@@ -198,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     for path in sorted((work / "export").iterdir()):
         print(f"  exported            {path}")
     print(f"  uploaded to         {uploaded['uri']} (local emulator, gone when the demo ends)")
+    print(f"  champion pointer    {uploaded['champion_pointer']} (names version 1)")
     print(f"  evaluation report   {work / 'evaluation' / 'report.html'}")
     print(
         f"  predicted overlay   {work / 'predictions' / f'{photo.stem}.overlay.png'} "

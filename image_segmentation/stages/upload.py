@@ -14,6 +14,7 @@ from image_segmentation.cloud.upload import (
     default_source_run,
     upload_model,
 )
+from image_segmentation.contracts import challenge_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the evaluate stage's output for --model-dir: the published metrics must be its",
     )
     parser.add_argument(
+        "--challenge-dir",
+        type=Path,
+        help="the challenge stage's output for this model: the version is published only if it "
+        "decided so, and then becomes the champion (champion.json) unless another run took "
+        "that first; without it no champion is named",
+    )
+    parser.add_argument(
         "--source-run",
         help="run that produced the model (default: $AIP_PIPELINE_JOB_NAME or $CLOUD_ML_JOB_ID)",
     )
@@ -54,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    decision = challenge_folder.read_decision(args.challenge_dir) if args.challenge_dir else None
     with storage.explained_errors(args.destination):
         result = upload_model(
             args.export_dir,
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             evaluation_dir=args.evaluation_dir,
             source_run=args.source_run or default_source_run(),
             replace=args.replace,
+            decision=decision,
             retry=RETRY.with_timeout(args.deadline),
         )
     print(json.dumps(result, indent=2))
