@@ -14,7 +14,7 @@ import os
 import sys
 
 from image_segmentation.cloud import cluster, kfp_executor
-from image_segmentation.errors import StageError, Stopped
+from image_segmentation.errors import StageError
 
 STAGES = {
     "download": ("image_segmentation.stages.download", "Download and verify the ADE20K zip."),
@@ -111,9 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except StageError as error:
         return _error(error)
-    except Stopped as stopped:
-        _error(stopped)
-        return stopped.status
 
 
 def positive_seconds(text: str) -> float:

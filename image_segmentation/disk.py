@@ -73,6 +73,14 @@ def sole_writer(folder: Path, option: str) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
+def release_lease(folder: Path) -> None:
+    """Drop this process's lease on `folder`, for a run ending without its `finally` blocks
+    (on SIGTERM); a lease of another run is left alone."""
+    path = Path(folder) / LEASE_FILE
+    if _read_lease(path).get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
 def _acquire(path: Path, option: str) -> None:
     holder = {}
     for _ in range(2):  # once more after removing an abandoned lease

@@ -150,7 +150,10 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
     (manifest_name,) = [name for name in names if name.endswith("/manifest.json")]
     version = manifest_name.split("/")[2]
     assert re.fullmatch(r"image-segmentation-[0-9]+", version)  # default: the run's name
-    published = {name.split("/", 3)[3] for name in names}
+    published = {name.split("/", 3)[3] for name in names if name.count("/") >= 3}
+    (pointer,) = [name for name in names if name.endswith("/champion.json")]  # the first run
+    champion = json.loads(gcs_client.bucket("local-models").blob(pointer).download_as_text())
+    assert champion["version"] == version
     assert {"labels.txt", "icnet.mlpackage/Manifest.json"} <= published
     (run_root,) = (tmp_path / "gcs" / "emulated-bucket" / "pipeline-root").iterdir()
     model = run_root / "root" / "training-job" / "model"

@@ -530,7 +530,8 @@ def test_schedule_targets_need_their_settings(tmp_path):
         assert result.returncode != 0
         assert f"{missing} not set: make {target} " in result.stderr
     result = subprocess.run(
-        ["make", "-n", "pipeline-schedule", "CRON=0 3 * * 1", "EXPERIMENT=init-comparison",
+        ["make", "--no-print-directory", "-n", "pipeline-schedule", "CRON=0 3 * * 1",
+         "EXPERIMENT=init-comparison",
          *(f"{name}={value}" for name, value in vertex_settings().items())],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip

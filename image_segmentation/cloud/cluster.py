@@ -14,13 +14,15 @@ forever, deaf to SIGTERM (`wait_for_peers` runs first, in Python, for that reaso
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import socket
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from image_segmentation.errors import StageError, Stopped
+from image_segmentation.errors import StageError
 
 CHIEF, WORKER = "chief", "worker"
 _HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}")
@@ -174,20 +176,28 @@ def wait_for_peers(config: dict, timeout: float, poll: float = 1.0, report: floa
             time.sleep(poll)
 
 
-def _stop(signum, frame):
-    raise Stopped(
-        "stopped by SIGTERM (Vertex AI cancels and preempts with it); a rerun into the same "
-        "--output-dir resumes after the last completed epoch",
-        signum,
-    )
-
-
 @contextlib.contextmanager
-def stop_on_sigterm():
-    """Within it SIGTERM ends the run with an error line and runs its `finally` blocks (the
-    model folder's lease is freed) instead of killing it mid-write or, on several machines,
-    being ignored (see `distribute.make_strategy`)."""
-    previous = signal.signal(signal.SIGTERM, _stop)
+def stop_on_sigterm(release: Callable[[], None]):
+    """Within it SIGTERM ends the run at once: `release()` (the model folder's lease, so that
+    a retry elsewhere need not wait for it to expire), one error line, exit status 143.
+
+    Not an exception: raised wherever the signal lands (inside TensorFlow's thread pools, a
+    logging call, a collective whose peer just ended), one would be swallowed or buried. The
+    last completed epoch is already checkpointed. On several machines TensorFlow takes the
+    signal for itself once the cluster is up (see `distribute.make_strategy`)."""
+
+    def stop(signum, frame):
+        release()
+        sys.stdout.flush()
+        print(
+            "error: stopped by SIGTERM (Vertex AI cancels and preempts with it); a rerun into "
+            "the same --output-dir resumes after the last completed epoch",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:

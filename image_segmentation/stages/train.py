@@ -6,6 +6,7 @@ when the stage runs, so `--help` and bad settings answer at once.
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 from pathlib import Path
@@ -191,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
     config = cluster.cluster_config(os.environ)
     # The chief alone writes the model folder, so it alone holds it; the others write nothing.
     chief = cluster.is_chief(config)
-    with cluster.stop_on_sigterm(), held(args.output_dir) if chief else contextlib.nullcontext():
+    with (
+        cluster.stop_on_sigterm(functools.partial(disk.release_lease, args.output_dir)),
+        held(args.output_dir) if chief else contextlib.nullcontext(),
+    ):
         if config:
             cluster.wait_for_peers(config, args.peer_timeout)
         from image_segmentation.training import trainer
