@@ -27,9 +27,9 @@ COLORS[:3] = [(25, 25, 25), (225, 30, 30), (30, 225, 30)]
 SIZES = [(40, 60), (50, 50), (33, 47), (64, 96), (45, 30)]  # first shard: 3, second: 2
 MODEL_SIZE = (64, 64)
 HISTORY = [
-    {"epoch": 1, "loss": 2.0, "val_mean_iou": 0.1, "val_pixel_accuracy": 0.4},
-    {"epoch": 2, "loss": 1.2, "val_mean_iou": 0.3, "val_pixel_accuracy": 0.6},
-    {"epoch": 3, "loss": 0.9, "val_mean_iou": 0.35, "val_pixel_accuracy": 0.7},
+    {"epoch": 1, "loss": 2.0, "val_miou": 0.1, "val_pixel_accuracy": 0.4},
+    {"epoch": 2, "loss": 1.2, "val_miou": 0.3, "val_pixel_accuracy": 0.6},
+    {"epoch": 3, "loss": 0.9, "val_miou": 0.35, "val_pixel_accuracy": 0.7},
 ]
 
 
@@ -101,7 +101,7 @@ def model_dir(tmp_path_factory):
         write_weights=model.save_weights,
         config=config,
         history=HISTORY,
-        training_metrics={"val_mean_iou": 0.35},
+        training_metrics={"val_miou": 0.35},
     )
     return path
 

@@ -35,7 +35,7 @@ SIZE = (128, 128)
 LABELS = ["none", "wall", "floor, flooring", "chair"]
 LEGACY_NORMALIZATION = {"scale": 1 / 255, "offset": -0.5}
 OTHER_NORMALIZATION = {"scale": 2 / 255, "offset": -1.0}
-METRICS = {"val_pixel_accuracy": 0.5, "val_mean_iou": 0.25}
+METRICS = {"val_pixel_accuracy": 0.5, "val_miou": 0.25}
 
 
 def write_model_dir(directory: Path, normalization: dict, alpha: float = 0.25) -> Path:

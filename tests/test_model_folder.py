@@ -20,7 +20,7 @@ CONFIG = {
     "training": {"epochs": 2},
 }
 HISTORY = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}]
-SCORES = {"val_pixel_accuracy": 0.5, "val_mean_iou": 0.25}
+SCORES = {"val_pixel_accuracy": 0.5, "val_miou": 0.25}
 
 
 def write_weights(path: Path) -> None:

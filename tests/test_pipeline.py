@@ -723,13 +723,13 @@ def test_failed_stage_writes_no_executor_output(ade_dataset, tmp_path, capsys):
 
 
 def test_metrics_written_by_the_stage_at_the_metrics_path(tmp_path):
-    (tmp_path / "metrics").write_text('{"val_mean_iou": 0.5, "epochs": 3, "ok": true, "x": [1]}')
+    (tmp_path / "metrics").write_text('{"val_miou": 0.5, "epochs": 3, "ok": true, "x": [1]}')
     options = kfp_executor.ExecutorOptions(
         executor_input(tmp_path, {"metrics": "system.Metrics", "model": "system.Model"})
     )
     output = kfp_executor.executor_output(options, {})
     assert output["artifacts"]["metrics"]["artifacts"][0]["metadata"] == {
-        "val_mean_iou": 0.5,
+        "val_miou": 0.5,
         "epochs": 3.0,
     }
     assert output["artifacts"]["model"]["artifacts"][0]["metadata"] == {}

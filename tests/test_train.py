@@ -118,8 +118,8 @@ def test_a_rerun_of_a_finished_run_trains_nothing(run, tmp_path):
 
 
 def test_best_epoch_is_the_first_with_the_highest_validation_mean_iou():
-    history = [{"epoch": 1, "val_mean_iou": 0.2}, {"epoch": 2, "val_mean_iou": 0.4},
-               {"epoch": 3, "val_mean_iou": 0.4}, {"epoch": 4, "loss": 1.0}]  # fmt: skip
+    history = [{"epoch": 1, "val_miou": 0.2}, {"epoch": 2, "val_miou": 0.4},
+               {"epoch": 3, "val_miou": 0.4}, {"epoch": 4, "loss": 1.0}]  # fmt: skip
     assert checkpoints.best_epoch(history) == 2
     assert checkpoints.best_epoch([{"epoch": 1}, {"epoch": 2}]) == 2  # nothing scored: the last
 
@@ -134,7 +134,7 @@ def test_the_best_epoch_is_published_not_the_last(run, tmp_path):
     with np.load(last) as data:
         arrays = {name: data[name] for name in data.files}
     state = json.loads(str(arrays[checkpoints.STATE]))
-    state["history"][0]["val_mean_iou"] = state["history"][1]["val_mean_iou"] + 0.1
+    state["history"][0]["val_miou"] = state["history"][1]["val_miou"] + 0.1
     arrays[checkpoints.STATE] = np.array(json.dumps(state))
     with open(last, "wb") as file:
         np.savez(file, **arrays)
@@ -165,7 +165,7 @@ def test_checkpoint_restores_weights_and_optimizer_state(run):
 def test_short_cpu_run_learns_and_writes_the_model_dir(run):
     scores = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
     # 4 classes: always answering one class scores a mean IoU <= 0.25, guessing ~0.14.
-    assert scores["val_mean_iou"] >= 0.6, scores
+    assert scores["val_miou"] >= 0.6, scores
     assert scores["val_pixel_accuracy"] >= 0.8, scores
     assert set(scores["val_class_iou"]) == {"none", "wall", "floor, flooring", "bed"}
     assert set(scores["val_class_precision"]) == set(scores["val_class_recall"]) == {
@@ -197,7 +197,7 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
     assert config["training"]["replicas"] == 1 and config["training"]["global_batch_size"] == 8
     assert config["training"]["effective_learning_rate"] == 0.002
     history = json.loads((run.output / model_folder.HISTORY_FILE).read_text())
-    assert history[best - 1]["val_mean_iou"] == pytest.approx(scores["val_mean_iou"], abs=1e-6)
+    assert history[best - 1]["val_miou"] == pytest.approx(scores["val_miou"], abs=1e-6)
     assert history[-1]["learning_rate"] < history[0]["learning_rate"]  # poly decay
     events = list((run.output / "logs").glob("events.out.tfevents.*"))
     logged = {
@@ -206,7 +206,7 @@ def test_short_cpu_run_learns_and_writes_the_model_dir(run):
         for event in tf.compat.v1.train.summary_iterator(str(path))
         for value in event.summary.value
     }
-    assert {(2, "val_mean_iou"), (2, "loss"), (1, "learning_rate")} <= logged
+    assert {(2, "val_miou"), (2, "loss"), (1, "learning_rate")} <= logged
 
 
 @pytest.mark.slow
@@ -224,7 +224,7 @@ def test_load_model_gives_the_trained_model(run):
     assert confusion.sum() == 16 * 64 * 64  # every pixel of the whole split, once
     scores = json.loads((run.output / model_folder.TRAINING_METRICS_FILE).read_text())
     recomputed = callbacks.validation_metrics(confusion, config["labels"])
-    assert recomputed["mean_iou"] == pytest.approx(scores["val_mean_iou"], abs=1e-6)
+    assert recomputed["miou"] == pytest.approx(scores["val_miou"], abs=1e-6)
 
 
 def tiny_model(num_classes: int = 4, width: int = 4, name: str = "features") -> keras.Model:
@@ -269,9 +269,9 @@ def test_validation_metrics_are_the_gates_convention():
     class_labels = ["none", "wall", "bed"]
     scores = callbacks.validation_metrics(confusion, class_labels)
     assert scores["pixel_accuracy"] == pytest.approx(80 / 100)
-    assert scores["mean_iou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
+    assert scores["miou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
     assert scores["class_iou"] == pytest.approx({"none": 50 / 65, "wall": 30 / 50, "bed": 0.0})
-    assert scores["mean_iou"] == metrics.summary(confusion, class_labels)["miou"]
+    assert scores["miou"] == metrics.summary(confusion, class_labels)["miou"]
 
 
 def compiled(model: keras.Model) -> keras.Model:
@@ -293,7 +293,7 @@ def test_checkpoints_are_atomic_pruned_and_restore_everything_by_name(tmp_path):
     (tmp_path / ".epoch-0001.npz.0badf00d.partial").write_bytes(b"\0" * 1000)
     for epoch, score in zip((1, 2, 3, 4), (0.3, 0.5, 0.4, 0.45), strict=True):
         model.fit(images, labels, epochs=1, verbose=0)
-        history.append({"epoch": epoch, "val_mean_iou": score})
+        history.append({"epoch": epoch, "val_miou": score})
         checkpoints.save(tmp_path, model, epoch, history, {"run": "key"})
     # the last two, and the best epoch's (its weights are the ones published)
     assert sorted(path.name for path in tmp_path.iterdir()) == [

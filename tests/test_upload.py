@@ -219,7 +219,7 @@ def make_model_dir(root: Path, label_names: list[str] = LABELS) -> Path:
         write_weights=lambda path: path.write_bytes(STAND_IN_WEIGHTS),
         config=config,
         history=[],
-        training_metrics={"val_pixel_accuracy": 0.83, "val_mean_iou": 0.41},
+        training_metrics={"val_pixel_accuracy": 0.83, "val_miou": 0.41},
     )
     return model_dir
 

@@ -168,7 +168,7 @@ def evaluate(
     config = model_folder.require_complete(model_dir)
     data = data_folder.read_prepared(data_dir, splits=("val",))
     check_labels(config["labels"], data.labels)
-    model, _ = load_inference_model(model_dir)
+    model, _ = load_inference_model(model_dir, config=config)
     image_size = tuple(config["image_size"])
     total = data.records["val"] if max_images is None else min(data.records["val"], max_images)
     log.info(

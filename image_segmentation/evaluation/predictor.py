@@ -54,9 +54,10 @@ class Model:
     run: Callable[[tf.Tensor], np.ndarray]  # one model input [*size, 3] to its output
 
 
-def load_keras_model(model_dir: Path) -> Model:
-    """The inference model (S/4 probabilities) of a complete model folder."""
-    keras_model, config = load_inference_model(model_dir)
+def load_keras_model(model_dir: Path, config: dict | None = None) -> Model:
+    """The inference model (S/4 probabilities) of a complete model folder; `config` is its
+    config when the caller has checked the folder already."""
+    keras_model, config = load_inference_model(model_dir, config=config)
     predict = scoring.predictor(keras_model)
     return Model(
         kind="model dir",

@@ -246,7 +246,7 @@ def training_curves(history: list[dict]) -> str:
     scores = {
         label: values
         for key, label in (
-            ("val_mean_iou", "val mean IoU"),
+            ("val_miou", "val mean IoU"),
             ("val_pixel_accuracy", "val pixel accuracy"),
         )
         if (values := series(key))

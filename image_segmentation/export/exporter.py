@@ -53,17 +53,22 @@ def with_output(inference_model: keras.Model, output_kind: str) -> keras.Model:
 
 
 def export_model(
-    model_dir: Path, output_dir: Path, options: ExportOptions, metrics: dict | None = None
+    model_dir: Path,
+    output_dir: Path,
+    options: ExportOptions,
+    metrics: dict | None = None,
+    config: dict | None = None,
 ) -> dict:
     """Export and verify in a staging folder, then publish to `output_dir`: an earlier export
     there stays intact and usable if this one fails or is killed before that. Returns what
     export.json holds (written last), with `metrics`, the evaluate stage's scores of this
-    model (`evaluation_folder.published_metrics`; None when it was not evaluated)."""
+    model (`evaluation_folder.published_metrics`; None when it was not evaluated), and `config`,
+    the model folder's, when the caller has checked the folder already."""
     check_options(options)
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     names = export_folder.file_names(options.model_name, options.format, options.tflite)
     export_folder.check_output_dir(output_dir, names)
-    inference_model, config = load_inference_model(model_dir, options.image_size)
+    inference_model, config = load_inference_model(model_dir, options.image_size, config)
     model = with_output(inference_model, options.output)
     size = tuple(model.input.shape[1:3])
     normalization = config["normalization"]

@@ -49,9 +49,13 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
-def load_model(model_dir: Path) -> tuple[keras.Model, dict]:
-    """The training model of a complete model folder with its weights loaded, and its config."""
-    config = model_folder.require_complete(model_dir)
+def load_model(model_dir: Path, config: dict | None = None) -> tuple[keras.Model, dict]:
+    """The training model of a complete model folder with its weights loaded, and its config.
+
+    `config` is the folder's config when the caller has checked the folder already
+    (`model_folder.require_complete`), so that one path checks it once.
+    """
+    config = config or model_folder.require_complete(model_dir)
     weights = model_folder.weights_path(model_dir)
     model = build_with_weights(
         weights,
@@ -64,14 +68,14 @@ def load_model(model_dir: Path) -> tuple[keras.Model, dict]:
 
 
 def load_inference_model(
-    model_dir: Path, image_size: tuple[int, int] | None = None
+    model_dir: Path, image_size: tuple[int, int] | None = None, config: dict | None = None
 ) -> tuple[keras.Model, dict]:
     """The trained weights in the inference model (S/4 probabilities), and the config.
 
     ICNet's weights do not depend on the input size, so a model trained on 768x768 crops can
     be run at another multiple of 32 by building that size and copying the weights.
     """
-    model, config = load_model(model_dir)
+    model, config = load_model(model_dir, config)
     if image_size is not None and tuple(image_size) != tuple(config["image_size"]):
         resized = icnet.build_icnet(config["num_classes"], tuple(image_size), config["alpha"])
         copy_weights(model, resized)

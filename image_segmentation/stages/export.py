@@ -100,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("coremltools").setLevel(logging.WARNING)  # it logs every op it folds
     options = options_from_args(args)
     check_options(options)
-    model_folder.require_complete(args.model_dir)  # a bad folder is refused in a second, not
-    metrics = None  # after TensorFlow and coremltools load
+    config = model_folder.require_complete(args.model_dir)  # refused in a second, not after
+    metrics = None  # TensorFlow and coremltools load
     if args.evaluation_dir:
         metrics = evaluation_folder.published_metrics(args.evaluation_dir, args.model_dir)
     else:
         log.warning("no --evaluation-dir: export.json and the upload manifest carry no metrics")
     from image_segmentation.export import exporter
 
-    result = exporter.export_model(args.model_dir, args.output_dir, options, metrics)
+    result = exporter.export_model(args.model_dir, args.output_dir, options, metrics, config)
     print(json.dumps({"files": result["files"], "tflite": result["tflite"]}, indent=2))
     return 0

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         [text for text in args.photos if not text.startswith("gs://")], args.output_dir
     )
     if args.model_dir is not None:
-        model_folder.require_complete(args.model_dir)  # refused now, not after TensorFlow loads
+        config = model_folder.require_complete(args.model_dir)  # now, not after TensorFlow loads
     else:
         record = export_folder.require_tflite(args.tflite)
     with (
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         from image_segmentation.evaluation import predictor
 
         if args.model_dir is not None:
-            model = predictor.load_keras_model(args.model_dir)
+            model = predictor.load_keras_model(args.model_dir, config)
         else:
             model = predictor.tflite_model(args.tflite, record)
         skipped += predictor.predict_photos(model, sources, names, args.output_dir)

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from image_segmentation.contracts.evaluation_folder import GATE_METRIC
 from image_segmentation.errors import StageError
 from image_segmentation.evaluation import metrics, scoring
 from image_segmentation.model import icnet
@@ -22,13 +23,10 @@ log = logging.getLogger(__name__)
 
 def validation_metrics(confusion: np.ndarray, class_labels: list[str]) -> dict:
     """Pixel accuracy, mean IoU and per-class IoU, precision and recall in the quality gate's
-    convention (`metrics.py`)."""
+    convention and under its names (`metrics.py`): Keras logs them as val_miou, ..."""
     summary = metrics.summary(confusion, class_labels)
-    return {
-        "pixel_accuracy": summary["pixel_accuracy"],
-        "mean_iou": summary["miou"],
-        **{f"class_{kind}": summary[f"class_{kind}"] for kind in metrics.PER_CLASS},
-    }
+    names = ["pixel_accuracy", GATE_METRIC, *(f"class_{kind}" for kind in metrics.PER_CLASS)]
+    return {name: summary[name] for name in names}
 
 
 def per_class_line(scores: dict) -> str:
@@ -45,7 +43,7 @@ def per_class_line(scores: dict) -> str:
 
 
 class Validation(keras.callbacks.Callback):
-    """Adds the `validation_metrics` (val_pixel_accuracy, val_mean_iou, ...) to each epoch's
+    """Adds the `validation_metrics` (val_pixel_accuracy, val_miou, ...) to each epoch's
     logs, scoring the model as it ships: the main output's probabilities
     (`icnet.inference_model`), scored by `scoring.py` like the evaluate stage does."""
 
@@ -83,7 +81,7 @@ class Validation(keras.callbacks.Callback):
             "(%%): %s",
             epoch + 1,
             scores["pixel_accuracy"],
-            scores["mean_iou"],
+            scores[GATE_METRIC],
             per_class_line(scores),
         )
 

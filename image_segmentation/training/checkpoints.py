@@ -24,12 +24,13 @@ import keras
 import numpy as np
 
 from image_segmentation import disk, files
+from image_segmentation.contracts.evaluation_folder import GATE_METRIC
 from image_segmentation.errors import StageError, short_json
 
 DIRECTORY = "checkpoints"  # under the output dir
 INIT_REPORT = "init.json"  # what --init set, for the model's config
 KEEP = 2
-BEST_METRIC = "val_mean_iou"  # the quality gate's convention
+BEST_METRIC = f"val_{GATE_METRIC}"  # the quality gate's metric, on the validation split
 STATE = "state"  # the npz entry of the epoch, history and run key
 _FILE_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
 

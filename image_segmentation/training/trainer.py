@@ -320,7 +320,7 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     log.info(
         "done: val pixel accuracy %s, val mean IoU %s -> %s",
         final["val_pixel_accuracy"],
-        final["val_mean_iou"],
+        final[checkpoints.BEST_METRIC],
         output_dir,
     )
     return final
