@@ -86,7 +86,7 @@ def expected(**changes) -> dict:
         "normalization": {"scale": SCALE, "offset": OFFSET},
         "labels": LABELS,
         "precision": "float16",
-        "palettized": False,
+        "storage": (),
         **changes,
     }
 
@@ -145,7 +145,7 @@ def test_verify_accepts_the_saved_specs_and_summarizes_them(tmp_path):
         ({"normalization": {"scale": 1 / 255, "offset": -0.5}}, "input scale/bias"),
         ({"image_size": (96, 64)}, "input image is 64x96 RGB"),
         ({"precision": "float32"}, "weights stored as {'FLOAT16': 3}, expected float32"),
-        ({"palettized": True}, "palettized: True"),
+        ({"storage": ("palettized",)}, "expected palettized"),
         ({"output_name": "labels"}, "output is 'probabilities', not 'labels'"),
     ],
 )

@@ -244,7 +244,7 @@ def test_verify_rejects_a_spec_that_differs(default_export):
         "output_shape": result["output"]["shape"],
         "labels": LABELS,
         "precision": "float16",
-        "palettized": False,
+        "storage": (),
     }
     assert coreml_spec.verify_coreml(output / "icnet.mlpackage", expected)["classes"] == len(LABELS)
     wrong = [
@@ -254,6 +254,7 @@ def test_verify_rejects_a_spec_that_differs(default_export):
         {"image_size": (256, 256)},
         {"precision": "float32"},
         {"output_name": "labels"},
+        {"storage": ("palettized",)},
     ]
     for change in wrong:
         with pytest.raises(StageError, match="is not what was exported"):
@@ -280,14 +281,17 @@ def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tmp_path):
-    options = export.ExportOptions(output="full", palettize=True, tflite=False, model_name="p8")
+    options = export.ExportOptions(
+        output="full", compression="palettize-8", tflite=False, model_name="p8"
+    )
     result = exporter.export_model(model_dir, tmp_path, options)
     spec = ct.utils.load_spec(str(tmp_path / "p8.mlpackage"))
     assert list(spec.description.output[0].type.multiArrayType.shape) == [1, *SIZE, len(LABELS)]
     assert coreml_spec.weight_types(spec)["palettized"] > 0
     fp16_bytes = default_export[1]["coreml"]["bytes"]
     assert result["coreml"]["bytes"] < 0.85 * fp16_bytes
-    assert json.loads(metadata(spec)["palettized"]) is True
+    assert metadata(spec)["compression"] == "palettize-8"
+    assert result["compression"] == result["coreml"]["compression"] == "palettize-8"
 
 
 def test_label_and_full_outputs_agree_with_the_probabilities(model_dir):
@@ -399,10 +403,19 @@ def test_bad_options_are_refused(model_dir, tmp_path):
     cases = {
         "unknown output 'logits'": replace(defaults, output="logits"),
         "unknown format": replace(defaults, format="onnx"),
-        "--palettize works on ML Programs": replace(
-            defaults, format="neuralnetwork", palettize=True
+        "weight compression works on ML Programs": replace(
+            defaults, format="neuralnetwork", compression="palettize-8"
         ),
-        "--palettize clusters float16": replace(defaults, palettize=True, precision="float32"),
+        "compression starts from float16": replace(
+            defaults, compression="int8", precision="float32"
+        ),
+        "unknown compression 'zip'": replace(defaults, compression="zip"),
+        "--max-miou-drop scores each compression: give --data-dir": replace(
+            defaults, max_miou_drop=0.01
+        ),
+        r"--max-miou-drop is a mean IoU difference \(0-1\), got 2": replace(
+            defaults, max_miou_drop=2, data_dir=Path("data")
+        ),
         "image size 100x128 is not supported": replace(defaults, image_size=(100, 128)),
         "bad model name": replace(defaults, model_name="../up"),
     }

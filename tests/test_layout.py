@@ -93,7 +93,8 @@ sys.exit(cli.main(sys.argv[1:]))
         (["train", "--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["train", "--learning-rate", "inf"], "--learning-rate must be a finite number > 0"),
         (["export", "--output", "bad"], "--output: invalid choice: 'bad'"),
-        (["export", "--palettize", "--precision", "float32"], "--palettize clusters float16"),
+        (["export", "--palettize", "--precision", "float32"], "starts from float16 weights"),
+        (["export", "--max-miou-drop", "0.01"], "scores each compression: give --data-dir"),
     ],
 )
 def test_bad_settings_are_refused_before_tensorflow_loads(tmp_path, args, words):

@@ -250,22 +250,43 @@ def tflite_predictor(model) -> scoring.Predict:
 
 def score_tflite(tflite_path: Path, record: dict, data_dir: Path, batch_size: int = 8) -> dict:
     """Score an exported FP32 TFLite model (its export.json `record`) on the val split of
-    `data_dir` exactly as `evaluate` scores a model folder: the export's own input size,
-    normalization and resize mode, every labelled pixel at the annotation's size, one
-    confusion matrix. Returns the metrics summary (its `miou` is the gate's)."""
+    `data_dir` exactly as `evaluate` scores a model folder (see `score`)."""
     from image_segmentation.evaluation import predictor
 
     model = predictor.tflite_model(tflite_path, record)
+    return score(
+        tflite_predictor(model),
+        model.labels,
+        model.size,
+        model.normalization,
+        model.resize,
+        data_dir,
+        str(tflite_path),
+        batch_size,
+    )
+
+
+def score(
+    predict: keras.Model | scoring.Predict,
+    labels: list[str],
+    size: tuple[int, int],
+    normalization: dict,
+    resize: str,
+    data_dir: Path,
+    name: str,
+    batch_size: int = 8,
+    max_images: int | None = None,
+) -> dict:
+    """The metrics summary (its `miou` is the gate's) of a model on the val split of
+    `data_dir`, scored as `evaluate` scores a model folder: inputs of `size` made with the
+    model's normalization and resize mode, every labelled pixel at the annotation's size,
+    one confusion matrix. `predict` is a Keras model or a batch function."""
     data = data_folder.read_prepared(data_dir, splits=("val",))
-    check_labels(model.labels, data.labels)
+    check_labels(labels, data.labels)
+    total = data.records["val"] if max_images is None else min(data.records["val"], max_images)
     batches = validation_batches(
-        data.shards["val"], model.size, model.normalization, model.resize, batch_size, None
+        data.shards["val"], size, normalization, resize, batch_size, max_images
     )
-    log.info(
-        "scoring %s on %d validation images of %s (%s resize)",
-        tflite_path, data.records["val"], data_dir, model.resize,
-    )  # fmt: skip
-    confusion, _, _ = evaluate_model(
-        tflite_predictor(model), batches, len(data.labels), data.records["val"], 0
-    )
-    return metrics.summary(confusion, data.labels)
+    log.info("scoring %s on %d validation images of %s (%s resize)", name, total, data_dir, resize)
+    confusion, _, seen = evaluate_model(predict, batches, len(data.labels), total, 0)
+    return {**metrics.summary(confusion, data.labels), "images": seen}

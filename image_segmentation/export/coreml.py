@@ -18,11 +18,14 @@ from coremltools.optimize import coreml as ct_optimize
 from image_segmentation.contracts import model_folder
 from image_segmentation.data.photo_input import VISION_CROP_AND_SCALE
 from image_segmentation.export.coreml_spec import INPUT_NAME, PREVIEW_PARAMS, PREVIEW_TYPE
-from image_segmentation.export.options import OUTPUT_KINDS
+from image_segmentation.export.options import (
+    BLOCK_SIZE,
+    COMPRESS_MIN_WEIGHTS,
+    COMPRESSIONS,
+    OUTPUT_KINDS,
+    SPARSITY,
+)
 
-# kmeans1d, which coremltools bundles, clusters float16 tensors of 10,000+ weights; smaller
-# ones would need scikit-learn, and hold a small share of the model's bytes anyway.
-PALETTIZE_MIN_WEIGHTS = 10_000
 PHOTO_TO_INPUT = {
     "stretch": "resized whole to this size, aspect not kept",
     "crop": "centre-cropped to this aspect, then resized",
@@ -30,11 +33,11 @@ PHOTO_TO_INPUT = {
 
 
 def convert(
-    model: keras.Model, normalization: dict, format: str, precision: str, palettize: bool
+    model: keras.Model, normalization: dict, format: str, precision: str, target: str = "iOS16"
 ) -> ct.models.MLModel:
-    """An ML Program (iOS 16+) or a legacy neural network (iOS 14+) with an RGB image input
-    that applies the training normalization; float16 or float32 weights, optionally
-    palettized to 8 bits (ML Program, float16)."""
+    """An ML Program (iOS 16+, or `target` for the compressions that need a later one) or a
+    legacy neural network (iOS 14+) with an RGB image input that applies the training
+    normalization; float16 or float32 weights."""
     height, width = model.input.shape[1:3]
     image = ct.ImageType(
         name=INPUT_NAME,
@@ -49,18 +52,11 @@ def convert(
             source="tensorflow",
             convert_to="mlprogram",
             inputs=[image],
-            minimum_deployment_target=ct.target.iOS16,
+            minimum_deployment_target=getattr(ct.target, target),
             compute_precision=(
                 ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32
             ),
         )
-        if palettize:
-            config = ct_optimize.OpPalettizerConfig(
-                mode="kmeans", nbits=8, weight_threshold=PALETTIZE_MIN_WEIGHTS - 1
-            )
-            mlmodel = ct_optimize.palettize_weights(
-                mlmodel, ct_optimize.OptimizationConfig(global_config=config)
-            )
         return mlmodel
     mlmodel = ct.convert(
         model,
@@ -72,6 +68,46 @@ def convert(
     if precision == "float16":
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per layer
             mlmodel = quantization_utils.quantize_weights(mlmodel, nbits=16)
+    return mlmodel
+
+
+def compress(mlmodel: ct.models.MLModel, compression: str) -> ct.models.MLModel:
+    """The ML Program with its large float16 weight tensors compressed as `compression` (an
+    options.COMPRESSIONS name) says; the program must target at least the compression's iOS."""
+    kind = COMPRESSIONS[compression]
+    threshold = COMPRESS_MIN_WEIGHTS - 1  # coremltools compresses tensors larger than this
+
+    def optimization(config) -> ct_optimize.OptimizationConfig:
+        return ct_optimize.OptimizationConfig(global_config=config)
+
+    def palettizer() -> ct_optimize.OpPalettizerConfig:
+        return ct_optimize.OpPalettizerConfig(
+            mode="kmeans", nbits=kind.bits, weight_threshold=threshold
+        )
+
+    def pruner() -> ct_optimize.OpMagnitudePrunerConfig:
+        return ct_optimize.OpMagnitudePrunerConfig(
+            target_sparsity=SPARSITY, weight_threshold=threshold
+        )
+
+    if kind.kind == "palettize":
+        return ct_optimize.palettize_weights(mlmodel, optimization(palettizer()))
+    if kind.kind == "linear":
+        config = ct_optimize.OpLinearQuantizerConfig(
+            mode="linear_symmetric",
+            dtype=f"int{kind.bits}",
+            granularity=kind.granularity,
+            block_size=BLOCK_SIZE if kind.granularity == "per_block" else None,
+            weight_threshold=threshold,
+        )
+        return ct_optimize.linear_quantize_weights(mlmodel, optimization(config))
+    if kind.kind == "prune":
+        return ct_optimize.prune_weights(mlmodel, optimization(pruner()))
+    if kind.kind == "prune+palettize":
+        pruned = ct_optimize.prune_weights(mlmodel, optimization(pruner()))
+        return ct_optimize.palettize_weights(
+            pruned, optimization(palettizer()), joint_compression=True
+        )
     return mlmodel
 
 

@@ -17,6 +17,21 @@ from image_segmentation.contracts import export_folder
 from image_segmentation.errors import StageError
 
 INPUT_NAME = "image"
+# How a compressed weight is stored: the op that decompresses it, and the word for it.
+COMPRESSED_OPS = {
+    "constexpr_lut_to_dense": "palettized",
+    "constexpr_affine_dequantize": "quantized",
+    "constexpr_blockwise_shift_scale": "quantized",
+    "constexpr_sparse_to_dense": "sparse",
+    "constexpr_lut_to_sparse": "sparse palettized",
+}
+STORAGE = {  # options.Compression.kind: the storage its weights must show
+    "none": (),
+    "palettize": ("palettized",),
+    "linear": ("quantized",),
+    "prune": ("sparse",),
+    "prune+palettize": ("sparse palettized", "sparse"),  # a palette of the non-zero values
+}
 PREVIEW_TYPE = "com.apple.coreml.model.preview.type"
 PREVIEW_PARAMS = "com.apple.coreml.model.preview.params"
 
@@ -68,7 +83,8 @@ def classifier_channels(spec) -> int:
 
 
 def weight_types(spec) -> dict[str, int]:
-    """How many weight tensors are stored as each type (and how many are palettized)."""
+    """How many weight tensors are stored as each type, and how many of them compressed
+    (COMPRESSED_OPS' words: palettized, quantized, sparse, sparse palettized)."""
     counts: dict[str, int] = {}
     if spec.WhichOneof("Type") == "neuralNetwork":
         for layer in spec.neuralNetwork.layers:
@@ -82,8 +98,8 @@ def weight_types(spec) -> dict[str, int]:
         if value is not None and value.WhichOneof("value") == "blobFileValue":
             kind = MIL_pb2.DataType.Name(value.type.tensorType.dataType)
             counts[kind] = counts.get(kind, 0) + 1
-        elif op.type == "constexpr_lut_to_dense":
-            counts["palettized"] = counts.get("palettized", 0) + 1
+        elif op.type in COMPRESSED_OPS:
+            counts[COMPRESSED_OPS[op.type]] = counts.get(COMPRESSED_OPS[op.type], 0) + 1
     return counts
 
 
@@ -91,7 +107,8 @@ def verify_coreml(path: Path, expected: dict) -> dict:
     """Read the saved spec back and check it against `expected`; return its summary.
 
     `expected`: input size, normalization, output name and shape (None: not recorded, as
-    neural networks do not record it), labels and weight precision.
+    neural networks do not record it), labels, weight precision and storage (a STORAGE
+    value: () for plain float weights).
     """
     spec = ct.utils.load_spec(str(path))
     height, width = expected["image_size"]
@@ -129,8 +146,10 @@ def verify_coreml(path: Path, expected: dict) -> dict:
     wrong = "FLOAT32" if expected["precision"] == "float16" else "FLOAT16"
     if weights.get(wrong) or not weights:
         problems.append(f"weights stored as {weights}, expected {expected['precision']}")
-    if expected["palettized"] != bool(weights.get("palettized")):
-        problems.append(f"weights stored as {weights}, palettized: {expected['palettized']}")
+    compressed = {word for word in COMPRESSED_OPS.values() if weights.get(word)}
+    if compressed != set(expected["storage"]):
+        storage = " and ".join(expected["storage"]) or "float"
+        problems.append(f"weights stored as {weights}, expected {storage}")
     if problems:
         raise StageError(f"{path.name} is not what was exported: {'; '.join(problems)}")
     return {

@@ -1,11 +1,18 @@
 """The export stage's work: a model folder to checked Core ML and TFLite files (see export.py).
 
+With prepared data, the Core ML file's quality is measured on the weights it really holds
+(`coreml_weights.py`: decompressed and put back into the Keras model), with the evaluate
+stage's scorer, next to the FP32 Keras model's on the same images; `--max-miou-drop` tries the
+compressions from the smallest and keeps the first within that many points of FP32.
+
 Everything here needs TensorFlow, Keras or coremltools, so export.py imports it only to run.
 """
 
 import json
 import logging
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -16,8 +23,14 @@ from image_segmentation.contracts import export_folder, model_folder
 from image_segmentation.data import labels
 from image_segmentation.data.photo_input import VISION_CROP_AND_SCALE
 from image_segmentation.errors import StageError
-from image_segmentation.export import coreml, coreml_spec, tflite
-from image_segmentation.export.options import OUTPUT_KINDS, ExportOptions, check_options
+from image_segmentation.evaluation import evaluator
+from image_segmentation.export import coreml, coreml_spec, coreml_weights, tflite
+from image_segmentation.export.options import (
+    COMPRESSIONS,
+    OUTPUT_KINDS,
+    ExportOptions,
+    check_options,
+)
 from image_segmentation.model import icnet
 from image_segmentation.model.weights import load_inference_model
 
@@ -77,7 +90,7 @@ def export_model(
         options.check_images, size, normalization, resize
     )
     with tempfile.TemporaryDirectory(prefix="export-") as staging:
-        made = _make_files(Path(staging), model, config, images, options)
+        made = _make_files(Path(staging), model, inference_model, config, images, options)
         result = export_folder.publish(
             staging,
             output_dir,
@@ -99,7 +112,7 @@ def export_model(
                 "output": made["output"],
                 "format": options.format,
                 "precision": options.precision,
-                "palettized": options.palettize,
+                "compression": made["coreml"]["compression"],
                 "coreml": made["coreml"],
                 "tflite": made["tflite"],
                 "check_images": image_names,
@@ -110,48 +123,194 @@ def export_model(
 
 
 def _make_files(
-    staging: Path, model: keras.Model, config: dict, images: np.ndarray, options: ExportOptions
+    staging: Path,
+    model: keras.Model,
+    inference_model: keras.Model,
+    config: dict,
+    images: np.ndarray,
+    options: ExportOptions,
 ) -> dict:
-    """Write the TFLite files (checked against Keras), the Core ML model (read back and
-    checked) and labels.txt into `staging`; return what export.json says of them."""
-    normalization = config["normalization"]
-    size = tuple(model.input.shape[1:3])
-    metadata = {"precision": options.precision, "palettized": json.dumps(options.palettize)}
+    """Write the TFLite files (checked against Keras), the Core ML model (read back, checked
+    and, with --data-dir, scored on its own weights) and labels.txt into `staging`; return
+    what export.json says of them."""
     tflite_figures = None
     if options.tflite:
         tflite_figures = tflite.export_tflite(
             model, images, options.output, staging, options.model_name
         )
-        metadata["tflite_checks"] = json.dumps(_short_checks(tflite_figures))
-    mlmodel = coreml.describe(
-        coreml.convert(model, normalization, options.format, options.precision, options.palettize),
-        config,
-        size,
-        options.output,
-        about={"author": options.author, "license": options.license, "version": options.version},
-        metadata=metadata,
-    )
     coreml_path = staging / export_folder.coreml_file(options.model_name, options.format)
-    mlmodel.save(str(coreml_path))
-    output = {
-        "kind": options.output,
-        "name": OUTPUT_KINDS[options.output].feature,
-        "shape": [1, *model.output.shape[1:]],
-    }
-    coreml_summary = coreml_spec.verify_coreml(
-        coreml_path,
-        {
-            "image_size": size,
-            "normalization": normalization,
-            "output_name": output["name"],
-            "output_shape": output["shape"],
-            "labels": config["labels"],
-            "precision": options.precision,
-            "palettized": options.palettize,
-        },
+    output = _output(model, options.output)
+    reference = None
+    if options.data_dir is not None:
+        reference = _score(inference_model, config, options, "the FP32 Keras model")
+    metadata = {"precision": options.precision}
+    if tflite_figures is not None:
+        metadata["tflite_checks"] = json.dumps(_short_checks(tflite_figures))
+    names = list(COMPRESSIONS) if options.max_miou_drop is not None else [options.compression]
+    candidates = _candidates(
+        staging, model, inference_model, config, options, output, metadata, reference, names
     )
+    if options.max_miou_drop is None:
+        chosen = next(candidates)
+        search = None
+    else:
+        chosen, search = smallest_within(candidates, options.max_miou_drop)
+    shutil.move(chosen.pop("path"), coreml_path)
+    coreml_summary = {**chosen, "compression_search": search}
     (staging / export_folder.LABELS_FILE).write_text(labels.format_labels_file(config["labels"]))
     return {"output": output, "coreml": coreml_summary, "tflite": tflite_figures}
+
+
+def _candidates(
+    staging: Path,
+    model: keras.Model,
+    inference_model: keras.Model,
+    config: dict,
+    options: ExportOptions,
+    output: dict,
+    metadata: dict[str, str],
+    reference: dict | None,
+    names: list[str],
+) -> Iterator[dict]:
+    """The Core ML file of each compression in `names`, in that order, written under
+    `staging`, checked and, with a `reference` (the FP32 model's scores), scored: its summary
+    with its "path". The model is converted once per deployment target."""
+    converted = {}
+    size = tuple(model.input.shape[1:3])
+    for name in names:
+        compression = COMPRESSIONS[name]
+        if compression.target not in converted:
+            converted[compression.target] = coreml.convert(
+                model, config["normalization"], options.format, options.precision,
+                compression.target,
+            )  # fmt: skip
+        mlmodel = coreml.describe(
+            coreml.compress(converted[compression.target], name),
+            config,
+            size,
+            options.output,
+            about={key: getattr(options, key) for key in ("author", "license", "version")},
+            metadata={**metadata, "compression": name},
+        )
+        path = (
+            staging
+            / "candidates"
+            / name
+            / export_folder.coreml_file(options.model_name, options.format)
+        )
+        path.parent.mkdir(parents=True)
+        mlmodel.save(str(path))
+        summary = coreml_spec.verify_coreml(
+            path,
+            {
+                "image_size": size,
+                "normalization": config["normalization"],
+                "output_name": output["name"],
+                "output_shape": output["shape"],
+                "labels": config["labels"],
+                "precision": options.precision,
+                "storage": coreml_spec.STORAGE[compression.kind],
+            },
+        )
+        summary.update(path=path, compression=name, quality=None)
+        if reference is not None:
+            held = coreml_weights.with_coreml_weights(inference_model, path)
+            summary["quality"] = _quality(_score(held, config, options, path.name), reference)
+        else:
+            log.warning("%s: its quality is not measured (no --data-dir)", name)
+        log.info(
+            "Core ML %s: %d bytes%s", name, summary["bytes"],
+            "" if reference is None else f", mean IoU {summary['quality']['miou']:.4f} "
+            f"({summary['quality']['miou_change']:+.4f} against FP32)",
+        )  # fmt: skip
+        yield summary
+
+
+def measure_compressions(
+    model_dir: Path, options: ExportOptions, names: list[str] | None = None
+) -> tuple[dict, list[dict]]:
+    """The FP32 Keras model's scores on `options.data_dir`, and the bytes and scores of the
+    Core ML file of each compression in `names` (default: all), as the export would make
+    it: the export benchmark's table."""
+    check_options(options)
+    inference_model, config = load_inference_model(model_dir, options.image_size)
+    model = with_output(inference_model, options.output)
+    reference = _score(inference_model, config, options, "the FP32 Keras model")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="compressions-") as staging:
+        for summary in _candidates(
+            Path(staging), model, inference_model, config, options, _output(model, options.output),
+            {}, reference, names or list(COMPRESSIONS),
+        ):  # fmt: skip
+            shutil.rmtree(summary.pop("path").parent)
+            results.append(summary)
+    return reference, results
+
+
+def _output(model: keras.Model, output_kind: str) -> dict:
+    """What export.json says of the model's output."""
+    return {
+        "kind": output_kind,
+        "name": OUTPUT_KINDS[output_kind].feature,
+        "shape": [1, *model.output.shape[1:]],
+    }
+
+
+def smallest_within(candidates: Iterator[dict], max_drop: float) -> tuple[dict, list[dict]]:
+    """The first candidate whose mean IoU is at most `max_drop` below FP32's (the last one,
+    uncompressed float16, when none is), and what each one tried scored."""
+    tried, last = [], None
+    for candidate in candidates:
+        if last is not None:
+            shutil.rmtree(last["path"].parent)
+        quality = candidate["quality"]
+        within = quality["miou_change"] >= -max_drop
+        tried.append(
+            {
+                "compression": candidate["compression"],
+                "bytes": candidate["bytes"],
+                "miou": quality["miou"],
+                "miou_change": quality["miou_change"],
+                "within": within,
+            }
+        )
+        if within:
+            return candidate, tried
+        last = candidate
+    log.warning("no compression is within %s of FP32's mean IoU: kept float16", max_drop)
+    return last, tried
+
+
+def _score(model: keras.Model, config: dict, options: ExportOptions, name: str) -> dict:
+    size = tuple(model.input.shape[1:3])
+    return evaluator.score(
+        model, config["labels"], size, config["normalization"],
+        model_folder.resize_mode(config), options.data_dir, name,
+        max_images=options.quality_images,
+    )  # fmt: skip
+
+
+def _quality(summary: dict, reference: dict) -> dict:
+    """What export.json says of a Core ML file's own scores: mean IoU, pixel accuracy and
+    per-class IoU, each with its change against the FP32 Keras model's."""
+
+    def change(value: float | None, base: float | None) -> float | None:
+        return None if value is None or base is None else value - base
+
+    return {
+        "weights": "decompressed from the file",
+        "images": summary["images"],
+        "miou": summary["miou"],
+        "miou_change": change(summary["miou"], reference["miou"]),
+        "fp32_miou": reference["miou"],
+        "pixel_accuracy": summary["pixel_accuracy"],
+        "pixel_accuracy_change": change(summary["pixel_accuracy"], reference["pixel_accuracy"]),
+        "class_iou": summary["class_iou"],
+        "class_iou_change": {
+            label: change(iou, reference["class_iou"][label])
+            for label, iou in summary["class_iou"].items()
+        },
+    }
 
 
 def _short_checks(tflite_figures: dict) -> dict:

@@ -46,10 +46,56 @@ OUTPUT_KINDS = {
 
 
 @dataclass(frozen=True)
+class Compression:
+    """A coremltools weight compression of an ML Program's float16 weights, as `coreml.py`
+    applies it. Only weight tensors of COMPRESS_MIN_WEIGHTS or more are compressed: they hold
+    nearly all the bytes, and k-means on smaller ones needs scikit-learn."""
+
+    kind: str  # "none", "palettize", "linear" (int8/int4), "prune" or "prune+palettize"
+    bits: int | None  # bits per palette index or per quantized weight
+    granularity: str | None  # "per_tensor", "per_channel" or "per_block" (linear only)
+    target: str  # the least iOS that runs it, a coremltools target name
+    bits_per_weight: float  # stored bits per compressed weight, for trying the smallest first
+    description: str
+
+
+COMPRESS_MIN_WEIGHTS = 10_000
+SPARSITY = 0.5  # the pruned share of each pruned tensor (smallest magnitudes first)
+BLOCK_SIZE = 32  # input channels per scale of per-block int4
+
+# The --compression choices, smallest first: --max-miou-drop tries them in this order.
+COMPRESSIONS = {
+    "prune-50-palettize-4": Compression(
+        "prune+palettize", 4, None, "iOS18", 1 + SPARSITY * 4,
+        "half the weights (the smallest) zeroed, the rest 4-bit palettized (k-means)",
+    ),
+    "palettize-2": Compression("palettize", 2, None, "iOS16", 2, "2-bit palette (k-means)"),
+    "palettize-3": Compression("palettize", 3, None, "iOS18", 3, "3-bit palette (k-means)"),
+    "palettize-4": Compression("palettize", 4, None, "iOS16", 4, "4-bit palette (k-means)"),
+    "int4-block": Compression(
+        "linear", 4, "per_block", "iOS18", 4 + 16 / BLOCK_SIZE,
+        f"4-bit integers, one scale per {BLOCK_SIZE} input channels",
+    ),
+    "palettize-6": Compression("palettize", 6, None, "iOS16", 6, "6-bit palette (k-means)"),
+    "palettize-8": Compression("palettize", 8, None, "iOS16", 8, "8-bit palette (k-means)"),
+    "int8": Compression(
+        "linear", 8, "per_channel", "iOS16", 8, "8-bit integers, one scale per output channel"
+    ),
+    "prune-50": Compression(
+        "prune", None, None, "iOS16", 1 + SPARSITY * 16, "half the weights (the smallest) zeroed"
+    ),
+    "none": Compression("none", None, None, "iOS16", 16, "float16 weights as converted"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     format: str = "mlprogram"
     precision: str = "float16"
-    palettize: bool = False
+    compression: str = "none"  # a COMPRESSIONS name
+    max_miou_drop: float | None = None  # the smallest compression within this of FP32's mIoU
+    data_dir: Path | None = None  # prepared data whose val split scores the Core ML weights
+    quality_images: int | None = None  # score on the first N val images only (None: all)
     output: str = "probabilities"
     tflite: bool = True
     image_size: tuple[int, int] | None = None  # None: the size the model was trained at
@@ -80,10 +126,26 @@ def check_options(options: ExportOptions) -> None:
         problems.append(
             f"unknown output {options.output!r} (choose from {', '.join(OUTPUT_KINDS)})"
         )
-    if options.palettize and options.format != "mlprogram":
-        problems.append("--palettize works on ML Programs: use --format mlprogram")
-    if options.palettize and options.precision != "float16":
-        problems.append("--palettize clusters float16 weights: use --precision float16")
+    if options.compression not in COMPRESSIONS:
+        problems.append(
+            f"unknown compression {options.compression!r} (choose from {', '.join(COMPRESSIONS)})"
+        )
+    compressed = options.compression != "none" or options.max_miou_drop is not None
+    if compressed and options.format != "mlprogram":
+        problems.append("weight compression works on ML Programs: use --format mlprogram")
+    if compressed and options.precision != "float16":
+        problems.append("weight compression starts from float16 weights: use --precision float16")
+    if options.max_miou_drop is not None:
+        if not 0 <= options.max_miou_drop <= 1:
+            problems.append(
+                f"--max-miou-drop is a mean IoU difference (0-1), got {options.max_miou_drop}"
+            )
+        if options.data_dir is None:
+            problems.append("--max-miou-drop scores each compression: give --data-dir")
+        if options.compression != "none":
+            problems.append("--max-miou-drop chooses the compression: leave --compression out")
+    if options.quality_images is not None and options.quality_images < 1:
+        problems.append(f"--quality-images must be >= 1, got {options.quality_images}")
     if not options.model_name or "/" in options.model_name or options.model_name.startswith("."):
         problems.append(f"bad model name {options.model_name!r}: it names the exported files")
     if options.image_size is not None:

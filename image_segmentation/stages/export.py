@@ -6,7 +6,10 @@ or an argmax to a label map. It is converted to Core ML (`coreml.py`) with an RG
 that applies the training normalization, and the saved file is read back and checked
 (`coreml_spec.py`): Core ML cannot run on Linux. The numerics are checked through TFLite
 (`tflite.py`): the same Keras graph converted to TFLite must match Keras on real images within
-fixed bounds. Every figure lands in `export.json` and in the Core ML metadata, and with
+fixed bounds. The float16 weights can be compressed (--compression: palettized, quantized,
+pruned); with --data-dir the Core ML file's own weights, decompressed, are scored on the
+validation split beside the FP32 model's, and --max-miou-drop keeps the smallest compression
+within that many points. Every figure lands in `export.json` and in the Core ML metadata, and with
 --evaluation-dir the evaluate stage's metrics of the model (the quality gate's, not training's
 validation) go into `export.json`, which the upload manifest repeats. The files are
 made and checked in a staging folder, then copied into the output folder with `export.json`
@@ -22,8 +25,10 @@ import json
 import logging
 from pathlib import Path
 
-from image_segmentation.contracts import evaluation_folder, model_folder
+from image_segmentation.contracts import data_folder, evaluation_folder, model_folder
+from image_segmentation.errors import StageError
 from image_segmentation.export.options import (
+    COMPRESSIONS,
     FORMATS,
     OUTPUT_KINDS,
     PRECISIONS,
@@ -61,9 +66,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Core ML weight (and ML Program compute) precision",
     )
     add(
+        "--compression",
+        choices=COMPRESSIONS,
+        default=defaults.compression,
+        help="compress the ML Program's float16 weights: "
+        + "; ".join(
+            f"{name}: {kind.description} (iOS {kind.target[3:]}+)"
+            for name, kind in COMPRESSIONS.items()
+        ),
+    )
+    add(
         "--palettize",
-        action="store_true",
-        help="8-bit k-means weight palettization (mlprogram, float16)",
+        action="store_const",
+        dest="compression",
+        const="palettize-8",
+        help="the same as --compression palettize-8",
+    )
+    add(
+        "--max-miou-drop",
+        type=miou_drop,
+        default=None,
+        metavar="D",
+        help="export the smallest compression whose mean IoU, measured on the weights the "
+        "file holds, is within D (e.g. 0.01: one point) of the FP32 model's; needs "
+        "--data-dir; a negative D: no search (the pipeline's default)",
+    )
+    add(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the prepare stage's output: its val split scores the Core ML file's own "
+        "(decompressed) weights with the evaluate stage's scorer, into export.json",
+    )
+    add(
+        "--quality-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score on the first N validation images only; default: all",
     )
     add(
         "--output",
@@ -96,12 +136,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def miou_drop(text: str) -> float | None:
+    """--max-miou-drop's value; a negative one turns the search off, so that a pipeline
+    parameter can leave it off."""
+    value = float(text)
+    return None if value < 0 else value
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("coremltools").setLevel(logging.WARNING)  # it logs every op it folds
     options = options_from_args(args)
     check_options(options)
     config = model_folder.require_complete(args.model_dir)  # refused in a second, not after
     metrics = None  # TensorFlow and coremltools load
+    if options.data_dir is not None:
+        data_labels = data_folder.read_prepared(options.data_dir, splits=("val",)).labels
+        if data_labels != config["labels"]:
+            raise StageError(
+                f"--data-dir {options.data_dir} has other classes than the model: "
+                f"{len(data_labels)} against {len(config['labels'])}, or in another order"
+            )
     if args.evaluation_dir:
         metrics = evaluation_folder.published_metrics(args.evaluation_dir, args.model_dir)
     else:
