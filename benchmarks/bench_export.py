@@ -34,9 +34,9 @@ ALPHAS = (1.0, 0.25)
 LEGACY_MLMODEL_MB = 26.9
 TARGET_MB = LEGACY_MLMODEL_MB / 8
 TARGET_MIOU_DROP = 0.01
-TRAIN_IMAGES, VAL_IMAGES = 100, 20
+TRAIN_IMAGES, VAL_IMAGES = 100, 100
 TRAIN_ARGS = ["--image-size", "256", "--batch-size", "8", "--class-balance", "sqrt-frequency"]
-EPOCHS = {1.0: 15, 0.25: 40}
+EPOCHS = {1.0: 40, 0.25: 80}
 TFLITE_VARIANT = "mlpackage_fp16"  # the one run that also writes the TFLite files
 VARIANTS = {
     "mlpackage_fp16": ExportOptions(),

@@ -209,15 +209,26 @@ def not_published_component(images: Images):
 
 def convert_component(images: Images):
     @dsl.container_component
-    def convert(model: Input[Model], evaluation: Input[Artifact], exported: Output[Model]):
+    def convert(
+        model: Input[Model],
+        evaluation: Input[Artifact],
+        data: Input[Dataset],
+        max_miou_drop: float,
+        quality_images: int,
+        exported: Output[Model],
+    ):
         """Convert the trained model to Core ML (.mlpackage) and TFLite; export.json carries
-        the evaluate stage's metrics of it."""
+        the evaluate stage's metrics of it, and the Core ML file's own scores on the
+        validation split (the smallest compression within max_miou_drop when not negative)."""
         return dsl.ContainerSpec(
             image=images.for_stage("convert"),
             command=stage_command("export"),
             args=[
                 "--model-dir", model.path,
                 "--evaluation-dir", evaluation.path,
+                "--data-dir", data.path,
+                "--max-miou-drop", max_miou_drop,
+                "--quality-images", quality_images,
                 "--output-dir", exported.path,
             ],
         )  # fmt: skip

@@ -17,7 +17,7 @@ shows them in its run form. The defaults are the legacy README's living-room exa
 """
 
 from kfp import compiler, dsl
-from kfp.dsl import Artifact, Input, Model, graph_component
+from kfp.dsl import Artifact, Dataset, Input, Model, graph_component
 
 from components import (
     Images,
@@ -69,9 +69,21 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
     # (the challenge's gate), so convert runs inside this small pipeline, whose inputs reach it.
     @dsl.pipeline(name="convert-with-resources")
     def convert_with_resources(
-        model: Input[Model], evaluation: Input[Artifact], cpu: str, memory: str
+        model: Input[Model],
+        evaluation: Input[Artifact],
+        data: Input[Dataset],
+        max_miou_drop: float,
+        quality_images: int,
+        cpu: str,
+        memory: str,
     ) -> Model:
-        converted = convert(model=model, evaluation=evaluation)
+        converted = convert(
+            model=model,
+            evaluation=evaluation,
+            data=data,
+            max_miou_drop=max_miou_drop,
+            quality_images=quality_images,
+        )
         converted.set_cpu_limit(cpu).set_memory_limit(memory)
         return converted.outputs["exported"]
 
@@ -107,6 +119,8 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
         evaluate_memory: str = "32G",
         convert_cpu: str = "4",
         convert_memory: str = "16G",
+        max_miou_drop: float = -1.0,
+        quality_images: int = 200,
         min_miou: float = 0.0,
         min_improvement: float = 0.0,
         replace_champion: bool = False,
@@ -164,6 +178,12 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             evaluate_memory: Memory of the evaluate step, e.g. 32G.
             convert_cpu: vCPUs of the convert step.
             convert_memory: Memory of the convert step, e.g. 16G.
+            max_miou_drop: Publish the smallest Core ML weight compression (palettized,
+                quantized, pruned) whose mean IoU, measured on the weights the file holds, is
+                within this of the FP32 model's, e.g. 0.01 for one point; negative: float16
+                weights, not compressed.
+            quality_images: Validation images the convert step scores the Core ML file's own
+                weights on (each compression it tries with max_miou_drop); 0: all of them.
             min_miou: Quality gate (0-1): the model is converted and published only when its
                 mean IoU on the validation split is at least this; 0 lets every model on to
                 the champion comparison. ADE20K benchmark convention: class 0 'none' (the
@@ -226,6 +246,9 @@ def build_pipeline(images: Images) -> graph_component.GraphComponent:
             exported = convert_with_resources(
                 model=model,
                 evaluation=evaluation,
+                data=prepared.outputs["prepared"],
+                max_miou_drop=max_miou_drop,
+                quality_images=quality_images,
                 cpu=convert_cpu,
                 memory=convert_memory,
             ).output

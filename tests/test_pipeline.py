@@ -133,22 +133,26 @@ def test_steps_run_in_order_with_artifacts_passed(spec):
         "data": ("prepare", "prepared"),
     }
     gate = tasks["condition-branches-1"]
-    assert sorted(gate["dependentTasks"]) == ["challenge", "evaluate", "training-job"]
+    assert sorted(gate["dependentTasks"]) == ["challenge", "evaluate", "prepare", "training-job"]
     assert artifact_sources(gate) == {
         "pipelinechannel--training-job-model": ("training-job", "model"),
         "pipelinechannel--evaluate-evaluation": ("evaluate", "evaluation"),
+        "pipelinechannel--prepare-prepared": ("prepare", "prepared"),
         "pipelinechannel--challenge-decision": ("challenge", "decision"),
     }
     (convert,) = [t for t in dag_tasks(spec, branches(spec, gate)["quality-gate"]).values()
                   if t["componentRef"]["name"] == "comp-convert-with-resources"]  # fmt: skip
-    # the export is made from the trained model and carries its evaluation's metrics
+    # the export is made from the trained model, carries its evaluation's metrics and scores
+    # the Core ML file's own weights on the prepared validation split
     assert artifact_sources(convert) == {
         "model": ("input", "pipelinechannel--training-job-model"),
         "evaluation": ("input", "pipelinechannel--evaluate-evaluation"),
+        "data": ("input", "pipelinechannel--prepare-prepared"),
     }
     assert artifact_sources(dag_tasks(spec, convert)["convert"]) == {
         "model": ("input", "model"),
         "evaluation": ("input", "evaluation"),
+        "data": ("input", "data"),
     }
     # A rerun with the same settings takes training-job from the cache, so its job trains into
     # the same model folder and resumes; a finished job is taken from the cache too.

@@ -53,9 +53,8 @@ class Compression:
 
     kind: str  # "none", "palettize", "linear" (int8/int4), "prune" or "prune+palettize"
     bits: int | None  # bits per palette index or per quantized weight
-    granularity: str | None  # "per_tensor", "per_channel" or "per_block" (linear only)
+    granularity: str | None  # "per_channel" or "per_block" (linear only)
     target: str  # the least iOS that runs it, a coremltools target name
-    bits_per_weight: float  # stored bits per compressed weight, for trying the smallest first
     description: str
 
 
@@ -63,28 +62,29 @@ COMPRESS_MIN_WEIGHTS = 10_000
 SPARSITY = 0.5  # the pruned share of each pruned tensor (smallest magnitudes first)
 BLOCK_SIZE = 32  # input channels per scale of per-block int4
 
-# The --compression choices, smallest first: --max-miou-drop tries them in this order.
+# The --compression choices, smallest file first (as bench_export measures them at alpha 1):
+# --max-miou-drop tries them in this order.
 COMPRESSIONS = {
+    "palettize-2": Compression("palettize", 2, None, "iOS16", "2-bit palette (k-means)"),
+    "palettize-3": Compression("palettize", 3, None, "iOS18", "3-bit palette (k-means)"),
     "prune-50-palettize-4": Compression(
-        "prune+palettize", 4, None, "iOS18", 1 + SPARSITY * 4,
+        "prune+palettize", 4, None, "iOS18",
         "half the weights (the smallest) zeroed, the rest 4-bit palettized (k-means)",
     ),
-    "palettize-2": Compression("palettize", 2, None, "iOS16", 2, "2-bit palette (k-means)"),
-    "palettize-3": Compression("palettize", 3, None, "iOS18", 3, "3-bit palette (k-means)"),
-    "palettize-4": Compression("palettize", 4, None, "iOS16", 4, "4-bit palette (k-means)"),
+    "palettize-4": Compression("palettize", 4, None, "iOS16", "4-bit palette (k-means)"),
     "int4-block": Compression(
-        "linear", 4, "per_block", "iOS18", 4 + 16 / BLOCK_SIZE,
+        "linear", 4, "per_block", "iOS18",
         f"4-bit integers, one scale per {BLOCK_SIZE} input channels",
     ),
-    "palettize-6": Compression("palettize", 6, None, "iOS16", 6, "6-bit palette (k-means)"),
-    "palettize-8": Compression("palettize", 8, None, "iOS16", 8, "8-bit palette (k-means)"),
+    "palettize-6": Compression("palettize", 6, None, "iOS16", "6-bit palette (k-means)"),
+    "palettize-8": Compression("palettize", 8, None, "iOS16", "8-bit palette (k-means)"),
     "int8": Compression(
-        "linear", 8, "per_channel", "iOS16", 8, "8-bit integers, one scale per output channel"
+        "linear", 8, "per_channel", "iOS16", "8-bit integers, one scale per output channel"
     ),
     "prune-50": Compression(
-        "prune", None, None, "iOS16", 1 + SPARSITY * 16, "half the weights (the smallest) zeroed"
+        "prune", None, None, "iOS16", "half the weights (the smallest) zeroed"
     ),
-    "none": Compression("none", None, None, "iOS16", 16, "float16 weights as converted"),
+    "none": Compression("none", None, None, "iOS16", "float16 weights as converted"),
 }  # fmt: skip
 
 

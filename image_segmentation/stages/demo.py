@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             "export",
             model_dir=work / "model",
             evaluation_dir=work / "evaluation",
+            data_dir=work / "data",
             output_dir=work / "export",
         )
         _stage(
@@ -200,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads((work / "evaluation" / "metrics.json").read_text())
     uploaded = json.loads((work / "uploaded.json").read_text())
+    coreml = json.loads((work / "export" / "export.json").read_text())["coreml"]
     print("\nDemo finished. What it made:")
     print(f"  downloaded dataset  {work / 'ade20k'} (the verified zip and manifest.json)")
     print(f"  prepared TFRecords  {work / 'data'}")
@@ -218,5 +220,10 @@ def run(args: argparse.Namespace) -> int:
         f"  validation metrics  mIoU {metrics['miou']:.3f} and pixel accuracy "
         f"{metrics['pixel_accuracy']:.3f} (the quality gate's convention: 'none' scored as a "
         "class, unlabelled pixels not)"
+    )
+    print(
+        f"  Core ML file's own  mIoU {coreml['quality']['miou']:.3f} on its float16 weights, "
+        f"{coreml['quality']['miou_change']:+.4f} against FP32 ({coreml['bytes']} bytes; "
+        "export --max-miou-drop picks the smallest compression within a drop)"
     )
     return 0

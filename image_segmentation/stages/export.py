@@ -100,10 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--quality-images",
-        type=int,
+        type=quality_images,
         default=None,
         metavar="N",
-        help="score on the first N validation images only; default: all",
+        help="score on the first N validation images only; 0 or none: all",
     )
     add(
         "--output",
@@ -141,6 +141,12 @@ def miou_drop(text: str) -> float | None:
     parameter can leave it off."""
     value = float(text)
     return None if value < 0 else value
+
+
+def quality_images(text: str) -> int | None:
+    """--quality-images' value: 0 is all of them, as the pipeline parameter says."""
+    value = int(text)
+    return None if value == 0 else value
 
 
 def run(args: argparse.Namespace) -> int:
