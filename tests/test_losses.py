@@ -152,3 +152,66 @@ def test_focal_loss_weighs_down_the_easy_pixels_and_keeps_finite_gradients():
     with tf.GradientTape() as tape:
         value = gentle(np.zeros((1, 1, 2)), variable)
     assert np.isfinite(tape.gradient(value, variable).numpy()).all()
+
+
+def lovasz_reference(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Lovasz-softmax written out class by class and pixel by pixel (unlabelled pixels
+    dropped), as the paper defines it."""
+    keep = labels.reshape(-1) != IGNORE
+    p = probabilities.reshape(-1, probabilities.shape[-1])[keep]
+    y = labels.reshape(-1)[keep]
+    values = []
+    for c in range(p.shape[1]):
+        truth = (y == c).astype(np.float64)
+        if not truth.any():
+            continue
+        errors = np.abs(truth - p[:, c])
+        order = np.argsort(-errors, kind="stable")
+        jaccard = []
+        for k in range(1, len(order) + 1):
+            top = order[:k]
+            intersection = truth.sum() - truth[top].sum()
+            union = truth.sum() + (1 - truth[top]).sum()
+            jaccard.append(1 - intersection / union)
+        steps = np.diff(np.concatenate([[0.0], jaccard]))
+        values.append(float(errors[order] @ steps))
+    return float(np.mean(values))
+
+
+def test_lovasz_softmax_is_the_papers_and_one_minus_iou_on_hard_predictions():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 4, 5))
+    labels[0, 0] = IGNORE
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labelled = labels != IGNORE
+    value = losses.lovasz_softmax(probabilities, np.where(labelled, labels, 0), labelled)
+    assert float(value) == pytest.approx(lovasz_reference(probabilities, labels), abs=1e-5)
+    # hard predictions: 1 - IoU averaged over the classes present
+    predicted = rng.integers(0, 3, size=labels.shape)
+    hard = np.eye(3, dtype=np.float32)[predicted]
+    ious = [
+        ((predicted == c) & (labels == c)).sum()
+        / (((predicted == c) | (labels == c)) & labelled).sum()
+        for c in range(3)
+    ]
+    value = losses.lovasz_softmax(hard, np.where(labelled, labels, 0), labelled)
+    assert float(value) == pytest.approx(1 - np.mean(ious), abs=1e-6)
+
+
+def test_the_lovasz_term_is_added_to_the_cross_entropy_and_has_gradients():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(1, 3, 4, 2)).astype(np.float32)
+    labels = rng.integers(0, 2, size=(1, 3, 4))
+    plain = losses.WeightedCrossEntropy([1.0, 1.0], IGNORE)
+    mixed = losses.WeightedCrossEntropy([1.0, 1.0], IGNORE, lovasz_weight=0.5)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    lovasz = lovasz_reference(probabilities, labels)
+    assert float(mixed(labels, logits)) == pytest.approx(
+        float(plain(labels, logits)) + 0.5 * lovasz, abs=1e-5
+    )
+    variable = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        value = mixed(labels, variable)
+    gradient = tape.gradient(value, variable).numpy()
+    assert np.isfinite(gradient).all() and np.abs(gradient).sum() > 0

@@ -487,6 +487,7 @@ def test_the_validation_log_names_each_class_iou_precision_and_recall():
         ({"ohem_min_kept": 0.3}, "--ohem-min-kept does nothing without --ohem-threshold"),
         ({"focal_gamma": -1.0}, "--focal-gamma must be a finite number >= 0, got -1.0"),
         ({"focal_gamma": float("inf")}, "--focal-gamma must be a finite number >= 0"),
+        ({"lovasz_weight": -0.5}, "--lovasz-weight must be a finite number >= 0, got -0.5"),
         ({"loss_resolution": "input"}, "--loss-resolution must be one of output, label"),
         ({"class_balance": "inverse"}, "--class-balance must be one of median-frequency, sqrt"),
     ],
@@ -508,19 +509,21 @@ def test_loss_recipe_options_and_their_defaults():
     recipes = [
         "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
         "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "2",
+        "--lovasz-weight", "0.5",
     ]  # fmt: skip
     chosen = train.settings_from_args(parser.parse_args([*required, *recipes]))
     assert chosen.class_balance == "sqrt-frequency" and chosen.loss_resolution == "label"
     assert (chosen.ohem_threshold, chosen.ohem_min_kept, chosen.focal_gamma) == (0.7, 0.2, 2.0)
     assert not train_settings.settings_problems(chosen)
     assert trainer.loss_options(chosen) == {
-        "upsample": True, "ohem_threshold": 0.7, "ohem_min_kept": 0.2, "focal_gamma": 2.0
+        "upsample": True, "ohem_threshold": 0.7, "ohem_min_kept": 0.2, "focal_gamma": 2.0,
+        "lovasz_weight": 0.5,
     }  # fmt: skip
     scale = train_settings.scaling(defaults, 1, 64)
     # At their defaults the recipes stay out of the resume key: checkpoints written before
     # these options existed still resume; changed, they are in it.
     plain = train_settings.resume_key(defaults, scale, ["none"], False, [1.0])
-    assert not {"loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma"} & set(plain)
+    assert not {*train_settings.OMITTED_AT_DEFAULT} & set(plain)
     key = train_settings.resume_key(chosen, scale, ["none"], False, [1.0])
     assert (key["loss_resolution"], key["ohem_threshold"], key["focal_gamma"]) == ("label", 0.7, 2)
 
@@ -532,13 +535,14 @@ def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_pa
         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
         "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
         "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "1",
+        "--lovasz-weight", "1",
     ]  # fmt: skip
     assert cli.main(args) == 0
     config = json.loads((output / model_folder.CONFIG_FILE).read_text())
     training = config["training"]
     assert training["class_balance"] == "sqrt-frequency" and training["loss_resolution"] == "label"
     assert (training["ohem_threshold"], training["ohem_min_kept"]) == (0.7, 0.2)
-    assert training["focal_gamma"] == 1.0
+    assert training["focal_gamma"] == training["lovasz_weight"] == 1.0
     counts = data_folder.read_prepared(small_data).pixel_counts["train"]
     expected = losses.median_frequency_weights(counts, 10.0, power=0.5)
     assert list(training["class_weights"].values()) == expected

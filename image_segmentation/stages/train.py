@@ -142,6 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s: plain cross-entropy)",
     )
     add(
+        "--lovasz-weight",
+        type=float,
+        default=defaults.lovasz_weight,
+        help="add this times the Lovasz-softmax loss, which optimizes each class's IoU "
+        "directly, e.g. 1 (default %(default)s: none)",
+    )
+    add(
         "--resize",
         choices=photo_input.RESIZE_MODES,
         default=defaults.resize,

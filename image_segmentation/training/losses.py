@@ -13,7 +13,9 @@ precision), so there are gentler recipes, all off by default: square-root balanc
 square root of median-frequency's weight); the loss at the labels' size (logits upsampled
 bilinearly to the mask, where a chair leg or a lamp stem is still there, rather than the mask
 shrunk, nearest, to S/4); online hard example mining (only the pixels whose true class is
-still unlikely, at least a share of them: ICNet's and PSPNet's recipe); and the focal loss.
+still unlikely, at least a share of them: ICNet's and PSPNet's recipe); the focal loss; and
+the Lovasz-softmax loss added to the cross-entropy, a smooth extension of 1 - IoU per class
+that weighs a class by its IoU rather than by its pixels (`lovasz_softmax`).
 """
 
 import keras
@@ -50,7 +52,8 @@ class WeightedCrossEntropy(keras.losses.Loss):
     Off by default: `upsample` resizes the logits (bilinear) to the labels' size first;
     `ohem_threshold` keeps only the pixels whose true-class probability is at most that, or
     the `ohem_min_kept` share of the labelled pixels with the lowest if that is more;
-    `focal_gamma` multiplies each pixel's cross-entropy by (1 - p) ** gamma.
+    `focal_gamma` multiplies each pixel's cross-entropy by (1 - p) ** gamma;
+    `lovasz_weight` adds that times `lovasz_softmax` of the batch.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class WeightedCrossEntropy(keras.losses.Loss):
         ohem_threshold: float | None = None,
         ohem_min_kept: float = 0.0,
         focal_gamma: float = 0.0,
+        lovasz_weight: float = 0.0,
     ):
         super().__init__(name=name)
         self.class_weights = [float(w) for w in class_weights]
@@ -70,6 +74,7 @@ class WeightedCrossEntropy(keras.losses.Loss):
         self.ohem_threshold = None if ohem_threshold is None else float(ohem_threshold)
         self.ohem_min_kept = float(ohem_min_kept)
         self.focal_gamma = float(focal_gamma)
+        self.lovasz_weight = float(lovasz_weight)
 
     def call(self, y_true, y_pred):
         labels = ops.cast(y_true, "int32")
@@ -90,7 +95,11 @@ class WeightedCrossEntropy(keras.losses.Loss):
         if self.ohem_threshold is not None:
             weights = weights * ops.cast(self.hard_pixels(picked, labelled), "float32")
         total = ops.sum(weights)
-        return ops.sum(weights * pixel_loss) / ops.maximum(total, 1e-6)
+        loss = ops.sum(weights * pixel_loss) / ops.maximum(total, 1e-6)
+        if self.lovasz_weight:
+            probabilities = ops.exp(log_probabilities)
+            loss = loss + self.lovasz_weight * lovasz_softmax(probabilities, safe_labels, labelled)
+        return loss
 
     def hard_pixels(self, picked, labelled):
         """The labelled pixels whose true-class probability is at most the threshold, or at
@@ -114,7 +123,35 @@ class WeightedCrossEntropy(keras.losses.Loss):
             "ohem_threshold": self.ohem_threshold,
             "ohem_min_kept": self.ohem_min_kept,
             "focal_gamma": self.focal_gamma,
+            "lovasz_weight": self.lovasz_weight,
         }
+
+
+def lovasz_softmax(probabilities, labels, labelled):
+    """The Lovasz-softmax loss of a batch: for each class present, the Lovasz extension of its
+    Jaccard loss (1 - IoU) over the batch's labelled pixels, averaged over those classes.
+
+    Each pixel's error for a class is |[true class] - p|; sorted from the largest, the errors
+    are weighted by how much each one adds to 1 - IoU, so the loss is piecewise linear in the
+    probabilities and equals 1 - IoU at hard (0/1) predictions (Berman et al., CVPR 2018).
+    Unlabelled pixels get error 0 and no true class: they add nothing.
+    """
+    classes = probabilities.shape[-1]
+    probabilities = ops.reshape(probabilities, (-1, classes))
+    inside = ops.cast(ops.reshape(labelled, (-1, 1)), "float32")
+    truth = ops.one_hot(ops.reshape(labels, (-1,)), classes) * inside
+    errors = ops.abs(truth - probabilities) * inside
+    order = ops.argsort(-ops.stop_gradient(errors), axis=0)
+    errors = ops.take_along_axis(errors, order, axis=0)
+    truth = ops.take_along_axis(truth, order, axis=0)
+    pixels = ops.sum(truth, axis=0)
+    intersection = pixels - ops.cumsum(truth, axis=0)
+    union = pixels + ops.cumsum(1.0 - truth, axis=0)
+    jaccard = 1.0 - intersection / ops.maximum(union, 1e-6)
+    gradient = ops.concatenate([jaccard[:1], jaccard[1:] - jaccard[:-1]], axis=0)
+    per_class = ops.sum(errors * ops.stop_gradient(gradient), axis=0)
+    present = ops.cast(pixels > 0, "float32")
+    return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
 
 
 def compile_for_training(
@@ -126,7 +163,7 @@ def compile_for_training(
 ) -> None:
     """Compile the ICNet training model: the weighted cross-entropy on each of its outputs
     (`icnet.OUTPUTS`), weighted by `loss_weights` in that order, unlabelled pixels skipped;
-    `options` are WeightedCrossEntropy's (upsample, OHEM, focal)."""
+    `options` are WeightedCrossEntropy's (upsample, OHEM, focal, Lovasz)."""
     model.compile(
         optimizer=optimizer,
         loss={

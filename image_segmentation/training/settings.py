@@ -38,6 +38,7 @@ class TrainSettings:
     ohem_threshold: float | None = None  # hard pixels only: true-class probability <= this
     ohem_min_kept: float = 0.1  # with ohem_threshold: at least this share of labelled pixels
     focal_gamma: float = 0.0  # focal loss: each pixel's cross-entropy times (1 - p) ** gamma
+    lovasz_weight: float = 0.0  # plus this times the Lovasz-softmax loss (mean IoU, smoothed)
     resize: str = photo_input.DEFAULT_RESIZE
     init: str = "random"  # or "imagenet", or a ResNet-50 weights file (`pretrained.py`)
     fine_tune_from: str | None = None
@@ -105,6 +106,10 @@ def settings_problems(settings: TrainSettings) -> list[str]:
         problems.append("--ohem-min-kept does nothing without --ohem-threshold")
     if not (math.isfinite(settings.focal_gamma) and settings.focal_gamma >= 0):
         problems.append(f"--focal-gamma must be a finite number >= 0, got {settings.focal_gamma}")
+    if not (math.isfinite(settings.lovasz_weight) and settings.lovasz_weight >= 0):
+        problems.append(
+            f"--lovasz-weight must be a finite number >= 0, got {settings.lovasz_weight}"
+        )
     if settings.seed < 0:
         problems.append(f"--seed must be >= 0, got {settings.seed}")
     return problems
@@ -119,7 +124,9 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 # Loss options added after checkpoints were in use: at their defaults they stay out of the key,
 # so a checkpoint written before them still resumes a run that leaves them alone.
-OMITTED_AT_DEFAULT = ("loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma")
+OMITTED_AT_DEFAULT = (
+    "loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma", "lovasz_weight"
+)  # fmt: skip
 
 # Settings that a checkpoint need not share with the run that resumes it, and why. The others
 # must match (`resume_key`).

@@ -108,6 +108,7 @@ def loss_options(settings: TrainSettings) -> dict:
         "ohem_threshold": settings.ohem_threshold,
         "ohem_min_kept": settings.ohem_min_kept,
         "focal_gamma": settings.focal_gamma,
+        "lovasz_weight": settings.lovasz_weight,
     }
 
 
