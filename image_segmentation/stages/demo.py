@@ -1,5 +1,8 @@
 """`make demo`: every stage end to end on generated ADE20K-layout data, on this machine.
 
+The data are photo-like rooms (`rooms/generate.py`: living rooms among other scenes, at
+ADE20K's photo sizes, JPEG) plus one broken sample of each kind prepare must handle.
+
 The dataset zip is served over loopback HTTP and the models go to a local GCS emulator, so the
 stages run exactly as in the pipeline (same commands), with nothing fetched from the internet.
 Last, the trained model segments a real ADE20K photo from the shared sample data, if there is one.
@@ -25,6 +28,7 @@ from PIL import Image
 from image_segmentation import cli
 from image_segmentation.data import synthetic
 from image_segmentation.data.labels import LIVING_ROOM_WHITELIST
+from image_segmentation.data.rooms import generate
 from image_segmentation.errors import StageError
 
 log = logging.getLogger(__name__)
@@ -123,10 +127,10 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     source = work / "source"
     print(
-        f"Generating {args.train_images}+{args.val_images} living rooms in the ADE20K layout in "
-        f"{source}"
+        f"Generating {args.train_images}+{args.val_images} photo-like rooms in the ADE20K "
+        f"layout in {source}"
     )
-    dataset = synthetic.generate_ade20k(source, args.train_images, args.val_images, rooms=True)
+    dataset = generate.generate_rooms(source, args.train_images, args.val_images)
     synthetic.add_bad_samples(dataset)
     archive = source / "ADEChallengeData2016.zip"
     sha1 = synthetic.make_zip(dataset, archive)
