@@ -133,8 +133,8 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
         f"source_url={url} source_sha1={sha1} image_size=64 epochs=1 steps_per_epoch=2 "
         "batch_size=2 threshold=0 train_shards=1 val_shards=1"
     )
-    result = check(make("pipeline-local", env, PIPELINE_ROOT=str(tmp_path),
-                        PARAMS=f"destination=gs://local-models/icnet {params}"))  # fmt: skip
+    first_run = f"destination=gs://local-models/icnet max_miou_drop=1 {params}"
+    result = check(make("pipeline-local", env, PIPELINE_ROOT=str(tmp_path), PARAMS=first_run))
     log = ANSI.sub("", result.stdout + result.stderr)
     states = task_states(log)
     for task in ("download", "prepare", "training-job", "train", "evaluate", "convert"):
@@ -171,6 +171,11 @@ def test_pipeline_local_publishes_and_its_quality_gate_stops_a_rerun(
         assert manifest["metrics"][name] == evaluation[name]
     for label, iou in manifest["metrics"]["class_iou"].items():  # undefined: not a KFP metric
         assert evaluation.get(f"iou: {label}") == iou
+    # max_miou_drop 1: the smallest compression, scored on its own weights beside them
+    coreml = manifest["coreml"]
+    assert coreml["compression"] == "palettize-2" and coreml["file"] == "icnet.mlpackage"
+    assert coreml["quality"]["weights"] == "decompressed from the file"
+    assert 0.0 <= coreml["quality"]["miou"] <= 1.0
 
     # The same images and template, so the cache applies: straight to the command `make
     # pipeline-local` runs after building them.

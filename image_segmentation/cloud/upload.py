@@ -128,6 +128,13 @@ def model_info(record: dict, model_dir: Path | None, evaluation_dir: Path | None
     }
 
 
+def coreml_summary(record: dict) -> dict:
+    """The Core ML file's weight compression and its own scores (measured on its
+    decompressed weights when the export had validation data), as export.json records them."""
+    coreml = record.get("coreml") or {}
+    return {key: coreml.get(key) for key in ("file", "bytes", "compression", "quality")}
+
+
 def check_metrics(metrics: object) -> None:
     """Refuse metrics that are not what the evaluate stage writes: apps and dashboards read
     these numbers from the manifest."""
@@ -317,6 +324,7 @@ def upload_model(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_run": source_run,
         **info,
+        "coreml": coreml_summary(record),
         **({"challenge": beat} if beat is not None else {}),
         "files": entries,
     }
