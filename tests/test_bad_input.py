@@ -252,9 +252,9 @@ def test_missing_output_dir():
 def test_an_output_with_a_foreign_manifest_is_left_alone(server, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text("{not json")
+    (out / "download.json").write_text("{not json")
     assert_refused(download(server, out), "is not readable JSON; remove")
-    assert server.behaviour.seen == [] and os.listdir(out) == ["manifest.json"]
+    assert server.behaviour.seen == [] and os.listdir(out) == ["download.json"]
 
 
 @pytest.mark.parametrize(
@@ -430,7 +430,7 @@ def test_a_bad_zip_left_by_an_earlier_run_is_not_reused(server, dataset_zip, tmp
     assert result.returncode == 0, result.stderr
     assert f"deleting {out / ARCHIVE} from an earlier run and downloading afresh" in result.stderr
     assert (out / ARCHIVE).read_bytes() == dataset_zip[0]
-    assert sorted(os.listdir(out)) == [ARCHIVE, "manifest.json"]
+    assert sorted(os.listdir(out)) == [ARCHIVE, "download.json"]
 
 
 @pytest.mark.parametrize(
@@ -572,7 +572,7 @@ def test_prepare_into_a_file_is_refused_before_any_work(ade_folder, tmp_path, wh
     ("dataset", "args", "words"),
     [
         ("empty", [], "no images in {dataset} under images/training/ or images/validation/"),
-        ("zip without manifest", [], "no manifest.json: the download stage did not finish"),
+        ("zip without manifest", [], "no download.json: the download stage did not finish"),
         ("ade", ["--whitelist", "persn|wall"], "unknown class 'persn'; did you mean 'person'"),
         ("ade", ["--train-shards", "0"], "--train-shards and --val-shards must be at least 1"),
     ],

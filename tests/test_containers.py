@@ -91,7 +91,7 @@ def test_run_component_downloads_and_prepares_on_the_host_folder(
     url, sha1, counts = served_zip
     check(make("run-component", podman_env, STEP="download", DATA=str(tmp_path),
                ARGS=f"--source {url} --sha1 {sha1} --output-dir /data/downloaded"))  # fmt: skip
-    assert json.loads((tmp_path / "downloaded" / "manifest.json").read_text())
+    assert json.loads((tmp_path / "downloaded" / "download.json").read_text())
     check(make("run-component", podman_env, STEP="prepare", DATA=str(tmp_path),
                ARGS=f"--dataset-dir /data/downloaded --output-dir /data/prepared "
                     f"--whitelist '{labels.LIVING_ROOM_WHITELIST}' --threshold 0 "

@@ -1,6 +1,6 @@
 """Download stage against a real loopback HTTP server, the GCS emulator and local files.
 
-Its output is the verified zip, never extracted, and manifest.json.
+Its output is the verified zip, never extracted, and download.json.
 """
 
 import json
@@ -51,15 +51,15 @@ def download_zip(server: FileServer, out: Path, dataset_zip, **options) -> Path:
 
 def assert_complete(out: Path, dataset_zip) -> dict:
     """The output is the zip itself, not extracted, and a manifest that describes it."""
-    assert sorted(path.name for path in out.iterdir()) == [ARCHIVE, "manifest.json"]
+    assert sorted(path.name for path in out.iterdir()) == [ARCHIVE, "download.json"]
     assert (out / ARCHIVE).read_bytes() == dataset_zip[2]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "download.json").read_text())
     assert manifest["format_version"] == 2 and manifest["archive"] == ARCHIVE
     assert manifest["sha1"] == dataset_zip[3] and manifest["sha1_verified"] is True
     assert manifest["size"] == len(dataset_zip[2])
     assert manifest["counts"] == COUNTS
     assert manifest["created"].endswith("+00:00")
-    assert (out / "manifest.json").stat().st_mode & 0o777 == new_file_mode()
+    assert (out / "download.json").stat().st_mode & 0o777 == new_file_mode()
     return manifest
 
 
@@ -72,7 +72,7 @@ def new_file_mode() -> int:
 
 def assert_nothing_written(out: Path) -> None:
     assert not (out / ARCHIVE).exists()
-    assert not (out / "manifest.json").exists()
+    assert not (out / "download.json").exists()
 
 
 def test_full_download(server, dataset_zip, tmp_path):
@@ -251,12 +251,12 @@ def test_archive_without_the_layout_is_refused(dataset_zip, tmp_path):
 def test_second_run_does_no_work(server, dataset_zip, tmp_path, caplog):
     out = tmp_path / "out"
     download_zip(server, out, dataset_zip)
-    manifest = (out / "manifest.json").read_text()
+    manifest = (out / "download.json").read_text()
     with caplog.at_level(logging.INFO, logger="image_segmentation.data.download"):
         assert download_zip(server, out, dataset_zip) == out / ARCHIVE
     assert "nothing to do" in caplog.text
     assert len(server.behaviour.seen) == 1
-    assert (out / "manifest.json").read_text() == manifest
+    assert (out / "download.json").read_text() == manifest
 
 
 @pytest.mark.parametrize(
@@ -275,9 +275,9 @@ def test_an_output_this_stage_did_not_make_is_left_alone(
     out = tmp_path / "out"
     foreign = out / ade20k.DATASET_DIR / "images"
     foreign.mkdir(parents=True)
-    (out / "manifest.json").write_text(manifest.replace("SHA1", dataset_zip[3]))
+    (out / "download.json").write_text(manifest.replace("SHA1", dataset_zip[3]))
     (out / ARCHIVE).write_bytes(b"someone's data")
-    with pytest.raises(StageError, match=rf"{error}.*; remove .*manifest\.json to download again"):
+    with pytest.raises(StageError, match=rf"{error}.*; remove .*download\.json to download again"):
         download_zip(server, out, dataset_zip)
     assert server.behaviour.seen == []
     assert foreign.is_dir() and (out / ARCHIVE).read_bytes() == b"someone's data"

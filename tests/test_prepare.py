@@ -277,7 +277,7 @@ def test_an_unfinished_download_or_a_file_that_is_not_a_zip_is_refused(bad_zip, 
     incomplete = tmp_path / "downloaded"
     incomplete.mkdir()
     shutil.copy(bad_zip, incomplete)
-    with pytest.raises(StageError, match=r"no manifest\.json: the download stage did not finish"):
+    with pytest.raises(StageError, match=r"no download\.json: the download stage did not finish"):
         prepare.prepare_dataset(incomplete, tmp_path / "out")
     (tmp_path / "notes.txt").write_text("not a zip")
     with pytest.raises(StageError, match=r"notes\.txt is not a zip archive"):
@@ -295,7 +295,7 @@ def test_a_zip_in_cloud_storage_is_read_from_a_local_copy(
     argv += ["--output-dir", str(tmp_path / "gcs"), "--workers", "1", "--scratch-dir", str(scratch)]
     # without the manifest the download output is incomplete, as a local folder would be
     assert cli.main(argv) == 2
-    assert f"holds {ade20k.ARCHIVE_NAME} but no manifest.json" in capsys.readouterr().err
+    assert f"holds {ade20k.ARCHIVE_NAME} but no download.json" in capsys.readouterr().err
     # the completion marker only: prepare reads the samples from the zip
     bucket.blob(f"run/download/dataset/{ade20k.MANIFEST_NAME}").upload_from_string("{}")
     assert cli.main(argv) == 0

@@ -1,4 +1,4 @@
-"""The download stage's output folder: the verified ADEChallengeData2016.zip, then manifest.json,
+"""The download stage's output folder: the verified ADEChallengeData2016.zip, then download.json,
 written last as the completion marker (the zip's source, SHA-1, size and member counts)."""
 
 import json
@@ -8,7 +8,7 @@ from image_segmentation import disk, files
 from image_segmentation.errors import StageError
 
 ARCHIVE_NAME = "ADEChallengeData2016.zip"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "download.json"  # named for its stage, as export.json
 MANIFEST_FORMAT = 2  # 1: the zip was extracted into ADEChallengeData2016/
 
 

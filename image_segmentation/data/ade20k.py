@@ -1,6 +1,6 @@
 """ADE20K (ADEChallengeData2016): its layout, the download stage's output, where samples live.
 
-The download stage's output folder holds `ADEChallengeData2016.zip` and `manifest.json`, written
+The download stage's output folder holds `ADEChallengeData2016.zip` and `download.json`, written
 last: a folder without the manifest is incomplete. Samples are read from that zip, member by
 member, or from an extracted `ADEChallengeData2016/` folder; both sources list a split's samples
 and read a sample's files the same way, so nothing needs extracting. A zip in Cloud Storage or
@@ -163,7 +163,7 @@ class ZipSource(Source):
 def locate(path: Path) -> Path:
     """The zip or dataset folder that `path` names.
 
-    Accepts the download stage's output folder (the zip plus manifest.json), the zip itself,
+    Accepts the download stage's output folder (the zip plus download.json), the zip itself,
     an extracted ADEChallengeData2016/ folder or the folder that holds one.
     """
     path = Path(path)

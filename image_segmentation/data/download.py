@@ -1,7 +1,7 @@
 """The download stage's work: fetch ADEChallengeData2016.zip and verify it; the verified zip is
 the output.
 
-The output folder gets the zip itself, not extracted, and then `manifest.json`, written last as
+The output folder gets the zip itself, not extracted, and then `download.json`, written last as
 the completion marker. On Vertex AI the output is a Cloud Storage FUSE mount, where every file
 is an object, appending rewrites one and a folder cannot be renamed: so the zip is downloaded to
 a scratch folder on local disk and copied into the output once (elsewhere the scratch folder is
@@ -53,7 +53,7 @@ def download_dataset(
     timeout: float = 60.0,
     backoff: float = 1.0,
 ) -> Path:
-    """Put the verified zip in `output_dir`, then `manifest.json`; return the zip's path.
+    """Put the verified zip in `output_dir`, then `download.json`; return the zip's path.
 
     `sha1`/`size` None skip that check. A download goes to `archive_dir` (see `archive_folder`)
     and is deleted there once copied; a local source file is copied and never deleted.

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     uploaded = json.loads((work / "uploaded.json").read_text())
     coreml = json.loads((work / "export" / "export.json").read_text())["coreml"]
     print("\nDemo finished. What it made:")
-    print(f"  downloaded dataset  {work / 'ade20k'} (the verified zip and manifest.json)")
+    print(f"  downloaded dataset  {work / 'ade20k'} (the verified zip and download.json)")
     print(f"  prepared TFRecords  {work / 'data'}")
     print(f"  trained model       {work / 'model'}")
     for path in sorted((work / "export").iterdir()):
