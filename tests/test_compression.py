@@ -10,6 +10,7 @@ a per-channel scale fit int8, and pruning zeroes the smallest half.
 import json
 from pathlib import Path
 
+import coremltools as ct
 import keras
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from test_export import LABELS, LEGACY_NORMALIZATION, write_model_dir
 from image_segmentation import cli
 from image_segmentation.errors import StageError
 from image_segmentation.evaluation import evaluator
-from image_segmentation.export import coreml, coreml_weights, exporter
+from image_segmentation.export import coreml, coreml_spec, coreml_weights, exporter
 from image_segmentation.export import options as export
 from image_segmentation.model import weights
 
@@ -102,12 +103,15 @@ def test_kernels_go_back_with_the_batchnorm_fold_undone(tmp_path):
 
 @pytest.fixture(scope="module")
 def scored_export(tmp_path_factory):
-    """An export with --max-miou-drop 1 scored on validation data: the smallest compression
-    (a 2-bit palette, the crudest) is within 1, so its own scores differ from FP32's."""
+    """A full-size export with --max-miou-drop 1 scored on validation data: the smallest
+    compression (a 2-bit palette, the crudest) is within 1, so its own scores differ from
+    FP32's; the upsampling head adds no kernel to match."""
     root = tmp_path_factory.mktemp("compressed")
     model_dir = write_model_dir(root / "model", LEGACY_NORMALIZATION)
     data_dir = write_data_dir(root / "data", make_masks(), LABELS)
-    options = export.ExportOptions(tflite=False, data_dir=data_dir, max_miou_drop=1.0)
+    options = export.ExportOptions(
+        output="full", tflite=False, data_dir=data_dir, max_miou_drop=1.0
+    )
     result = exporter.export_model(model_dir, root / "out", options)
     return model_dir, data_dir, root / "out", result
 
@@ -132,6 +136,10 @@ def test_a_compressed_export_records_the_quality_of_its_own_weights(scored_expor
     record = json.loads((out / "export.json").read_text())
     assert record["compression"] == "palettize-2" and record["coreml"]["quality"] == quality
     assert record["coreml"]["minimum_deployment_target"] == "iOS16"
+    spec = ct.utils.load_spec(str(out / "icnet.mlpackage"))
+    assert list(spec.description.output[0].type.multiArrayType.shape) == [1, 128, 128, 4]
+    assert coreml_spec.weight_types(spec)["palettized"] > 0
+    assert spec.description.metadata.userDefined["compression"] == "palettize-2"
 
 
 def test_max_miou_drop_exports_the_first_compression_within_it(scored_export):

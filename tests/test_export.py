@@ -279,21 +279,6 @@ def test_neural_network_label_map_uses_the_config_normalization(tmp_path):
     assert result["tflite"] is None and set(result["files"]) == {"icnet.mlmodel", "labels.txt"}
 
 
-@pytest.mark.slow
-def test_full_size_palettized_is_smaller_than_fp16(model_dir, default_export, tmp_path):
-    options = export.ExportOptions(
-        output="full", compression="palettize-8", tflite=False, model_name="p8"
-    )
-    result = exporter.export_model(model_dir, tmp_path, options)
-    spec = ct.utils.load_spec(str(tmp_path / "p8.mlpackage"))
-    assert list(spec.description.output[0].type.multiArrayType.shape) == [1, *SIZE, len(LABELS)]
-    assert coreml_spec.weight_types(spec)["palettized"] > 0
-    fp16_bytes = default_export[1]["coreml"]["bytes"]
-    assert result["coreml"]["bytes"] < 0.85 * fp16_bytes
-    assert metadata(spec)["compression"] == "palettize-8"
-    assert result["compression"] == result["coreml"]["compression"] == "palettize-8"
-
-
 def test_label_and_full_outputs_agree_with_the_probabilities(model_dir):
     inference_model, _ = inference.load_inference_model(model_dir)
     images = np.random.default_rng(0).uniform(-0.5, 0.5, size=(2, *SIZE, 3)).astype("float32")
