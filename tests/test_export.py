@@ -395,6 +395,9 @@ def test_bad_options_are_refused(model_dir, tmp_path):
             defaults, compression="int8", precision="float32"
         ),
         "unknown compression 'zip'": replace(defaults, compression="zip"),
+        "--data-dir scores the weights read back from an ML Program": replace(
+            defaults, format="neuralnetwork", data_dir=Path("data")
+        ),
         "--max-miou-drop scores each compression: give --data-dir": replace(
             defaults, max_miou_drop=0.01
         ),

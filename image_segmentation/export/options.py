@@ -135,6 +135,10 @@ def check_options(options: ExportOptions) -> None:
         problems.append("weight compression works on ML Programs: use --format mlprogram")
     if compressed and options.precision != "float16":
         problems.append("weight compression starts from float16 weights: use --precision float16")
+    if options.data_dir is not None and options.format != "mlprogram":
+        problems.append(
+            "--data-dir scores the weights read back from an ML Program: use --format mlprogram"
+        )
     if options.max_miou_drop is not None:
         if not 0 <= options.max_miou_drop <= 1:
             problems.append(
