@@ -111,7 +111,7 @@ def _stage(stage: str, *arguments: object, **options: object) -> None:
 def _sample_photo(work: Path) -> tuple[Path, str]:
     """A real ADE20K validation photo from the shared sample data beside the repository, or,
     where there is none, a generated one; and what it is, for the summary."""
-    samples = Path(__file__).resolve().parents[2] / "shared" / "data" / "ade20k-sample" / "images"
+    samples = Path(__file__).resolve().parents[3] / "shared" / "data" / "ade20k-sample" / "images"
     photos = sorted(samples.glob("*.jpg")) if samples.is_dir() else []
     if photos:
         return photos[0], "a real ADE20K photo"
