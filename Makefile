@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 WORK ?= work
+# Test processes, each running whole modules (tests/conftest.py orders them).
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock test lint demo bench gpu-wheels clean
@@ -26,7 +28,7 @@ lock: ## Re-pin requirements.lock from requirements.in (needs the package index)
 	  --python-platform x86_64-manylinux_2_28 requirements.in -o requirements.lock
 
 test: setup ## Run the test suite
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

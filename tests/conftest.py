@@ -18,6 +18,20 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADE_SAMPLE = SHARED_DATA / "ade20k-sample"
 
 
+# `make test` runs the modules in two processes, each taking the next module when it is done.
+# The longest modules go first (by their --durations), so they run beside the many short ones
+# instead of after them, alone.
+LONGEST_MODULES = ("test_emulator.py", "test_containers.py", "test_multiworker.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: each module keeps its order
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -348,3 +348,31 @@ def test_multiscale_targets_downsample_with_nearest():
     _, mask = flat_sample()
     targets = dataset.multiscale_targets(mask[None], {"half": (24, 36)})
     assert np.array_equal(targets["half"].numpy()[0], mask[1::2, 1::2])  # half-pixel centres
+
+
+def test_repeat_factors_follow_the_rarest_classes_pixel_share():
+    # none 50%, a 40%, b 9%, c 1%, d absent; threshold 4%: c (1%) is drawn sqrt(4) = 2 times.
+    factors = dataset.class_repeat_factors([500, 400, 90, 10, 0], threshold=0.04)
+    assert factors == pytest.approx([1.0, 1.0, 1.0, 2.0, 1.0])
+    assert dataset.class_repeat_factors([9, 1], threshold=0.4) == pytest.approx([1.0, 2.0])
+
+
+def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(tmp_path):
+    """One record shows class 3 (factor 2.5), the other only class 1: in the training stream
+    the first is drawn 2.5 times for each draw of the second."""
+    image = np.full((32, 32, 3), 128, np.uint8)
+    rare, common = np.ones((32, 32), np.uint8), np.ones((32, 32), np.uint8)
+    rare[8:24, 8:24] = 3
+    shards = {"train": [[encode(image, rare), encode(image, common)]], "val": [[]]}
+    write_folder(tmp_path, shards, list("nabc"))
+    shards = data_folder.list_shards(tmp_path, "train")
+
+    def rare_share(factors: list[float] | None) -> float:
+        data = dataset.make_dataset(
+            shards, (32, 32), batch_size=50, training=True, repeat_factors=factors, seed=3
+        )
+        masks = np.concatenate([masks.numpy() for _, masks in data.take(40)])
+        return float(np.mean([(mask == 3).any() for mask in masks]))
+
+    assert rare_share(None) == pytest.approx(0.5, abs=0.04)
+    assert rare_share([1.0, 1.0, 1.0, 2.5]) == pytest.approx(2.5 / 3.5, abs=0.04)

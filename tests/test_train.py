@@ -488,6 +488,7 @@ def test_the_validation_log_names_each_class_iou_precision_and_recall():
         ({"focal_gamma": -1.0}, "--focal-gamma must be a finite number >= 0, got -1.0"),
         ({"focal_gamma": float("inf")}, "--focal-gamma must be a finite number >= 0"),
         ({"lovasz_weight": -0.5}, "--lovasz-weight must be a finite number >= 0, got -0.5"),
+        ({"repeat_threshold": 1.5}, r"--repeat-threshold must be a pixel share in \[0, 1\]"),
         ({"loss_resolution": "input"}, "--loss-resolution must be one of output, label"),
         ({"class_balance": "inverse"}, "--class-balance must be one of median-frequency, sqrt"),
     ],
@@ -509,11 +510,12 @@ def test_loss_recipe_options_and_their_defaults():
     recipes = [
         "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
         "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "2",
-        "--lovasz-weight", "0.5",
+        "--lovasz-weight", "0.5", "--repeat-threshold", "0.01",
     ]  # fmt: skip
     chosen = train.settings_from_args(parser.parse_args([*required, *recipes]))
     assert chosen.class_balance == "sqrt-frequency" and chosen.loss_resolution == "label"
     assert (chosen.ohem_threshold, chosen.ohem_min_kept, chosen.focal_gamma) == (0.7, 0.2, 2.0)
+    assert chosen.repeat_threshold == 0.01
     assert not train_settings.settings_problems(chosen)
     assert trainer.loss_options(chosen) == {
         "upsample": True, "ohem_threshold": 0.7, "ohem_min_kept": 0.2, "focal_gamma": 2.0,
@@ -526,6 +528,7 @@ def test_loss_recipe_options_and_their_defaults():
     assert not {*train_settings.OMITTED_AT_DEFAULT} & set(plain)
     key = train_settings.resume_key(chosen, scale, ["none"], False, [1.0])
     assert (key["loss_resolution"], key["ohem_threshold"], key["focal_gamma"]) == ("label", 0.7, 2)
+    assert key["repeat_threshold"] == 0.01
 
 
 def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_path):
@@ -535,7 +538,7 @@ def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_pa
         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
         "--class-balance", "sqrt-frequency", "--loss-resolution", "label",
         "--ohem-threshold", "0.7", "--ohem-min-kept", "0.2", "--focal-gamma", "1",
-        "--lovasz-weight", "1",
+        "--lovasz-weight", "1", "--repeat-threshold", "0.05",
     ]  # fmt: skip
     assert cli.main(args) == 0
     config = json.loads((output / model_folder.CONFIG_FILE).read_text())
@@ -543,6 +546,7 @@ def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_pa
     assert training["class_balance"] == "sqrt-frequency" and training["loss_resolution"] == "label"
     assert (training["ohem_threshold"], training["ohem_min_kept"]) == (0.7, 0.2)
     assert training["focal_gamma"] == training["lovasz_weight"] == 1.0
+    assert training["repeat_threshold"] == 0.05
     counts = data_folder.read_prepared(small_data).pixel_counts["train"]
     expected = losses.median_frequency_weights(counts, 10.0, power=0.5)
     assert list(training["class_weights"].values()) == expected

@@ -20,6 +20,7 @@ input) get the mask value IGNORE, which the loss and the metrics skip: the model
 taught that a fake border is "none" or any other class.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,38 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     mask = tf.io.decode_png(features[records.MASK_ENCODED], channels=0)
     image = tf.ensure_shape(image, [None, None, 3])
     return image, mask[:, :, 0]
+
+
+def class_repeat_factors(pixel_counts: list[int], threshold: float) -> list[float]:
+    """Each class's repeat factor for repeat-factor sampling: sqrt(threshold / share) for a
+    class whose share of the training pixels is under `threshold`, else 1; 1 for class 0
+    ("none"), which every kind of scene holds."""
+    total = sum(pixel_counts)
+    return [1.0] + [
+        max(1.0, math.sqrt(threshold * total / count)) if count else 1.0
+        for count in pixel_counts[1:]
+    ]
+
+
+def _repeat_rare(samples: tf.data.Dataset, factors: list[float], seed: int) -> tf.data.Dataset:
+    """Each record repeated r times in expectation, r the largest repeat factor of the classes
+    in its mask: floor(r) times, once more with the chance of r's fraction."""
+    table = tf.constant(factors, tf.float32)
+
+    def copies(serialized: tf.Tensor, draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        encoded = tf.io.parse_single_example(
+            serialized, {records.MASK_ENCODED: tf.io.FixedLenFeature([], tf.string)}
+        )[records.MASK_ENCODED]
+        classes = tf.unique(tf.reshape(tf.io.decode_png(encoded, channels=1), [-1])).y
+        classes = tf.boolean_mask(classes, tf.cast(classes, tf.int32) < len(factors))
+        factor = tf.reduce_max(tf.concat([[1.0], tf.gather(table, tf.cast(classes, tf.int32))], 0))
+        chance = tf.cast(draw % 2**24, tf.float32) / 2**24
+        extra = tf.cast(chance < factor - tf.floor(factor), tf.int64)
+        return serialized, tf.cast(tf.floor(factor), tf.int64) + extra
+
+    draws = tf.data.Dataset.random(seed=seed + 1)
+    counted = tf.data.Dataset.zip(samples, draws).map(copies, num_parallel_calls=tf.data.AUTOTUNE)
+    return counted.flat_map(lambda record, n: tf.data.Dataset.from_tensors(record).repeat(n))
 
 
 def _nearest(size: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
@@ -264,14 +297,16 @@ def make_dataset(
     shuffle_buffer: int = 512,
     target_sizes: dict[str, tuple[int, int]] | None = None,
     resize: str = DEFAULT_RESIZE,
+    repeat_factors: list[float] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (normalized float32 images [B, H, W, 3], labels).
 
     Labels are the uint8 masks [B, H, W], or with `target_sizes` the dict of
     `multiscale_targets` that the training model's loss takes. Training: shards and records
     shuffled, repeated forever, augmented, last partial batch dropped; `seed` fixes the whole
-    stream, so every worker of a multi-machine run reads the same one. Validation: one
-    deterministic pass over every record, in file order.
+    stream, so every worker of a multi-machine run reads the same one; `repeat_factors` (one
+    per class, `class_repeat_factors`) draws the images of rarer classes more often. Validation:
+    one deterministic pass over every record, in file order.
     """
     if not shards:
         raise StageError("no TFRecord shards to read")
@@ -286,6 +321,8 @@ def make_dataset(
         num_parallel_calls=autotune,
     )
     if training:
+        if repeat_factors:
+            data = _repeat_rare(data, repeat_factors, seed)
         data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         data = tf.data.Dataset.zip(data, seeds).map(

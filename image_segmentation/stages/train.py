@@ -149,6 +149,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "directly, e.g. 1 (default %(default)s: none)",
     )
     add(
+        "--repeat-threshold",
+        type=float,
+        default=defaults.repeat_threshold,
+        help="repeat-factor sampling: a training image whose rarest class has the pixel share "
+        "s < T of the training pixels is drawn sqrt(T / s) times as often, e.g. 0.01 "
+        "(default %(default)s: every image alike)",
+    )
+    add(
         "--resize",
         choices=photo_input.RESIZE_MODES,
         default=defaults.resize,

@@ -39,6 +39,7 @@ class TrainSettings:
     ohem_min_kept: float = 0.1  # with ohem_threshold: at least this share of labelled pixels
     focal_gamma: float = 0.0  # focal loss: each pixel's cross-entropy times (1 - p) ** gamma
     lovasz_weight: float = 0.0  # plus this times the Lovasz-softmax loss (mean IoU, smoothed)
+    repeat_threshold: float = 0.0  # repeat-factor sampling of images with rarer classes; 0: off
     resize: str = photo_input.DEFAULT_RESIZE
     init: str = "random"  # or "imagenet", or a ResNet-50 weights file (`pretrained.py`)
     fine_tune_from: str | None = None
@@ -110,6 +111,10 @@ def settings_problems(settings: TrainSettings) -> list[str]:
         problems.append(
             f"--lovasz-weight must be a finite number >= 0, got {settings.lovasz_weight}"
         )
+    if not (math.isfinite(settings.repeat_threshold) and 0 <= settings.repeat_threshold <= 1):
+        problems.append(
+            f"--repeat-threshold must be a pixel share in [0, 1], got {settings.repeat_threshold}"
+        )
     if settings.seed < 0:
         problems.append(f"--seed must be >= 0, got {settings.seed}")
     return problems
@@ -122,10 +127,11 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-# Loss options added after checkpoints were in use: at their defaults they stay out of the key,
-# so a checkpoint written before them still resumes a run that leaves them alone.
+# Loss and sampling options added after checkpoints were in use: at their defaults they stay out
+# of the key, so a checkpoint written before them still resumes a run that leaves them alone.
 OMITTED_AT_DEFAULT = (
-    "loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma", "lovasz_weight"
+    "loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma", "lovasz_weight",
+    "repeat_threshold",
 )  # fmt: skip
 
 # Settings that a checkpoint need not share with the run that resumes it, and why. The others

@@ -101,6 +101,17 @@ def class_weights(data: PreparedData, settings: TrainSettings) -> list[float]:
     )
 
 
+def repeat_factors(data: PreparedData, settings: TrainSettings) -> list[float] | None:
+    """Each class's repeat factor for the training images (`dataset.class_repeat_factors`), or
+    None when every image is drawn alike."""
+    if not settings.repeat_threshold:
+        return None
+    factors = dataset.class_repeat_factors(data.pixel_counts["train"], settings.repeat_threshold)
+    repeated = [f"{label} x{f:.2f}" for label, f in zip(data.labels, factors, strict=True) if f > 1]
+    log.info("repeat-factor sampling: %s", ", ".join(repeated) or "no class under the share")
+    return factors
+
+
 def loss_options(settings: TrainSettings) -> dict:
     """The loss recipe beyond the class weights (`losses.WeightedCrossEntropy`)."""
     return {
@@ -223,6 +234,7 @@ def training_data(
         seed=settings.seed,
         target_sizes=target_sizes,
         resize=settings.resize,
+        repeat_factors=repeat_factors(data, settings),
     )
     return distribute.shard_by_data(batches)
 
