@@ -10,9 +10,10 @@ is >= 0.75. The same run without class balancing is the comparison (`--class-bal
 Those rooms are flat boxes in one colour per class, easy to learn. `--generator rooms` trains and
 scores on `generate.generate_rooms` instead: photo-like living rooms among kitchens, offices and
 streets, as unbalanced as ADE20K (run as a module: `python -m benchmarks.bench_learning --help`;
-`make bench` runs the default). `--recipes` compares loss recipes (each a string of more train
-options, e.g. "--class-balance sqrt-frequency"); `--work-dir` keeps the generated data there for
-the next invocation, so recipes can be measured one run at a time on the same data.
+`make bench` runs the default recipe on them in `bench_learning_rooms`). `--recipes` compares
+training recipes (each a string of more train options, e.g. "--lovasz-weight 1"); `--work-dir`
+keeps the generated data there for the next invocation, so recipes can be measured one run at a
+time on the same data.
 """
 
 import argparse
@@ -103,7 +104,7 @@ def train_and_score(
 
 
 def run(
-    balancing: tuple[str, ...] = ("median-frequency", "none"),
+    balancing: tuple[str, ...] = ("sqrt-frequency", "none"),
     generator: str = "shapes",
     train_args: list[str] = TRAIN_ARGS,
     train_images: int = TRAIN_IMAGES,
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> int:
     """Run with other data or settings than `make bench`'s; print the figures, write no file."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_learning")
     parser.add_argument("--generator", choices=GENERATORS, default="shapes")
-    parser.add_argument("--balancing", nargs="+", default=["median-frequency", "none"])
+    parser.add_argument("--balancing", nargs="+", default=["sqrt-frequency", "none"])
     parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES)
     parser.add_argument("--test-images", type=int, default=TEST_IMAGES)
     parser.add_argument(

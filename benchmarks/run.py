@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_model",
     "bench_export",
     "bench_learning",
+    "bench_learning_rooms",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -575,7 +575,7 @@ def test_parameters_default_to_the_legacy_living_room_example(spec):
     assert defaults["whitelist"] == labels.LIVING_ROOM_WHITELIST
     assert defaults["threshold"] == 0.6
     assert defaults["batch_size"] == 8
-    assert defaults["learning_rate"] == 0.001
+    assert defaults["learning_rate"] == 0.003  # the train stage's default
     assert defaults["source_url"] == ade20k.OFFICIAL_URL
     assert defaults["source_sha1"] == ade20k.OFFICIAL_SHA1
     assert "defaultValue" not in parameters["destination"]  # required in the console form

@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.ohem_threshold,
         help="online hard example mining: learn only from pixels whose true class has at most "
-        "this probability, e.g. 0.7 (default: every pixel)",
+        "this probability (default %(default)s; 1: every pixel)",
     )
     add(
         "--ohem-min-kept",

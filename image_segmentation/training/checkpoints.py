@@ -32,6 +32,8 @@ INIT_REPORT = "init.json"  # what --init set, for the model's config
 KEEP = 2
 BEST_METRIC = f"val_{GATE_METRIC}"  # the quality gate's metric, on the validation split
 STATE = "state"  # the npz entry of the epoch, history and run key
+# History names of checkpoints written by earlier versions, read as today's.
+RENAMED = {"val_mean_iou": BEST_METRIC}
 _FILE_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
 
 
@@ -90,10 +92,19 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_FILE_NAME.match(p.name).group(1)))
 
 
+def _state(text: str) -> dict:
+    state = json.loads(text)
+    for entry in state["history"]:
+        for old, new in RENAMED.items():
+            if old in entry:
+                entry[new] = entry.pop(old)
+    return state
+
+
 def read_state(path: Path) -> dict:
     """The epoch, history and run key of a checkpoint, without its arrays."""
     with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data[STATE]))
+        return _state(str(data[STATE]))
 
 
 def restore(path: Path, model: keras.Model, optimizer: bool = True) -> dict:
@@ -109,7 +120,7 @@ def restore(path: Path, model: keras.Model, optimizer: bool = True) -> dict:
     if not optimizer:
         variables = {k: v for k, v in variables.items() if not k.startswith("optimizer/")}
         saved = {k: v for k, v in saved.items() if not k.startswith("optimizer/")}
-    state = json.loads(str(saved.pop(STATE)))
+    state = _state(str(saved.pop(STATE)))
     missing = [name for name in variables if name not in saved]
     unknown = [name for name in saved if name not in variables]
     misshapen = [

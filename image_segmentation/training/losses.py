@@ -9,13 +9,14 @@ The loss is the weighted mean over the labelled pixels (weights sum to one per b
 scale does not change with the weights; pixels labelled IGNORE count for nothing.
 
 Weights of 8-10 make a model paint the small classes over their neighbours (recall far above
-precision), so there are gentler recipes, all off by default: square-root balancing (the
-square root of median-frequency's weight); the loss at the labels' size (logits upsampled
-bilinearly to the mask, where a chair leg or a lamp stem is still there, rather than the mask
-shrunk, nearest, to S/4); online hard example mining (only the pixels whose true class is
-still unlikely, at least a share of them: ICNet's and PSPNet's recipe); the focal loss; and
-the Lovasz-softmax loss added to the cross-entropy, a smooth extension of 1 - IoU per class
-that weighs a class by its IoU rather than by its pixels (`lovasz_softmax`).
+precision), so there are gentler recipes (the train stage's defaults are the first and the
+third, `settings.py`): square-root balancing (the square root of median-frequency's weight);
+the loss at the labels' size (logits upsampled bilinearly to the mask, where a chair leg or a
+lamp stem is still there, rather than the mask shrunk, nearest, to S/4); online hard example
+mining (only the pixels whose true class is still unlikely, at least a share of them: ICNet's
+and PSPNet's recipe); the focal loss; and the Lovasz-softmax loss added to the cross-entropy,
+a smooth extension of 1 - IoU per class that weighs a class by its IoU rather than by its
+pixels (`lovasz_softmax`).
 """
 
 import keras

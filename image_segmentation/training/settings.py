@@ -28,14 +28,14 @@ class TrainSettings:
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the training records
     batch_size: int = 8  # per replica (see `scaling`)
-    learning_rate: float = 1e-3  # for one replica's batch
+    learning_rate: float = 3e-3  # for one replica's batch
     optimizer: str = "adam"
     schedule: str = "poly"
     loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.16)
-    class_balance: str = "median-frequency"
+    class_balance: str = "sqrt-frequency"
     max_class_weight: float = 10.0
     loss_resolution: str = "output"  # "label": logits upsampled to the crop, not masks shrunk
-    ohem_threshold: float | None = None  # hard pixels only: true-class probability <= this
+    ohem_threshold: float | None = 0.7  # hard pixels only: true-class probability <= this
     ohem_min_kept: float = 0.1  # with ohem_threshold: at least this share of labelled pixels
     focal_gamma: float = 0.0  # focal loss: each pixel's cross-entropy times (1 - p) ** gamma
     lovasz_weight: float = 0.0  # plus this times the Lovasz-softmax loss (mean IoU, smoothed)
@@ -127,12 +127,13 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-# Loss and sampling options added after checkpoints were in use: at their defaults they stay out
-# of the key, so a checkpoint written before them still resumes a run that leaves them alone.
-OMITTED_AT_DEFAULT = (
-    "loss_resolution", "ohem_threshold", "ohem_min_kept", "focal_gamma", "lovasz_weight",
-    "repeat_threshold",
-)  # fmt: skip
+# Loss and sampling options added after checkpoints were in use, each with the value that
+# trains as before it existed: at that value they stay out of the key, so a checkpoint written
+# before them still resumes a run that asks for the same.
+OMITTED_WHEN = {
+    "loss_resolution": "output", "ohem_threshold": None, "ohem_min_kept": 0.1, "focal_gamma": 0.0,
+    "lovasz_weight": 0.0, "repeat_threshold": 0.0,
+}  # fmt: skip
 
 # Settings that a checkpoint need not share with the run that resumes it, and why. The others
 # must match (`resume_key`).
@@ -153,12 +154,11 @@ def resume_key(
     """What a checkpoint must share with a run to be resumed by it: every setting that shapes
     the variables or would train the remaining epochs differently, with the effective values
     where the settings only lead to them."""
-    defaults = asdict(TrainSettings())
     key = {
         name: list(value) if isinstance(value, tuple) else value
         for name, value in asdict(settings).items()
         if name not in NOT_IN_RESUME_KEY
-        and not (name in OMITTED_AT_DEFAULT and value == defaults[name])
+        and not (name in OMITTED_WHEN and value == OMITTED_WHEN[name])
     }
     return key | {
         "labels": labels,
