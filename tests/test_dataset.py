@@ -363,8 +363,8 @@ def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(tmp_path
     image = np.full((32, 32, 3), 128, np.uint8)
     rare, common = np.ones((32, 32), np.uint8), np.ones((32, 32), np.uint8)
     rare[8:24, 8:24] = 3
-    shards = {"train": [[encode(image, rare), encode(image, common)]], "val": [[]]}
-    write_folder(tmp_path, shards, list("nabc"))
+    contents = {"train": [[encode(image, rare), encode(image, common)]], "val": [[]]}
+    write_folder(tmp_path, contents, list("nabc"))
     shards = data_folder.list_shards(tmp_path, "train")
 
     def rare_share(factors: list[float] | None) -> float:
