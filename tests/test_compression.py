@@ -116,7 +116,7 @@ def scored_export(tmp_path_factory):
     return model_dir, data_dir, root / "out", result
 
 
-def test_a_compressed_export_records_the_quality_of_its_own_weights(scored_export):
+def test_a_compressed_export_records_the_quality_of_its_own_weights(scored_export, tmp_path):
     model_dir, data_dir, out, result = scored_export
     quality = result["coreml"]["quality"]
     model, config = weights.load_inference_model(model_dir)
@@ -140,6 +140,11 @@ def test_a_compressed_export_records_the_quality_of_its_own_weights(scored_expor
     assert list(spec.description.output[0].type.multiArrayType.shape) == [1, 128, 128, 4]
     assert coreml_spec.weight_types(spec)["palettized"] > 0
     assert spec.description.metadata.userDefined["compression"] == "palettize-2"
+    fp16 = exporter.export_model(
+        model_dir, tmp_path, export.ExportOptions(output="full", tflite=False)
+    )
+    assert fp16["compression"] == "none"
+    assert result["coreml"]["bytes"] < 0.85 * fp16["coreml"]["bytes"]
 
 
 def test_max_miou_drop_exports_the_first_compression_within_it(scored_export):
