@@ -213,7 +213,7 @@ def lamp(canvas, place, on_floor: bool) -> None:
     ranges = (
         ((0.12, 0.18), (0.17, 0.25), (0.1, 0.17), (0.25, 0.35), (1.2, 1.5))
         if on_floor
-        else ((0.06, 0.09), (0.12, 0.17), (0.08, 0.12), (0.17, 0.24), (0.25, 0.4))
+        else ((0.07, 0.1), (0.14, 0.2), (0.09, 0.13), (0.2, 0.3), (0.3, 0.45))
     )
     foot, bottom, top, tall, stand = (rng.uniform(*r) for r in ranges)
     pole, stand = 0.025 if on_floor else 0.02, base + stand

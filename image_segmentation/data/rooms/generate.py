@@ -84,7 +84,7 @@ def render_photo(rng: np.random.Generator, height: int, width: int) -> tuple:
     indoor = scene != "street"
     eye = rng.uniform(1.4, 1.8)
     horizon = height * (rng.uniform(0.2, 0.45) if indoor else rng.uniform(0.35, 0.65))
-    fov = rng.uniform(np.radians(50), np.radians(70))  # across the longer side
+    fov = rng.uniform(np.radians(45), np.radians(65))  # across the longer side
     focal = max(height, width) / 2 / math.tan(fov / 2)
     camera = Camera(height, width, focal, horizon, eye, rng.normal(0, 0.02))
     light = np.array([rng.uniform(-1, 1), 1.2, rng.uniform(-1, 0.3)])

@@ -61,10 +61,11 @@ def living_room(canvas: Canvas, bedroom: bool) -> None:
         table = in_front(main, 0.45 + rng.uniform(0.35, 0.6))
         size = (rng.uniform(0.8, 1.3), rng.uniform(0.45, 0.7))
         items.append((table, furniture.table, (TABLE, size, rng.uniform(0.35, 0.46))))
-    if rng.random() < 0.65:  # a lamp beside it: on the floor, or on a side table
-        side = rng.choice([-1, 1]) * (width / 2 + rng.uniform(0.3, 0.45))
-        beside = in_front(main, -depth / 2 + 0.3, side)
-        items.append((beside, furniture.lamp, (not bedroom and rng.random() < 0.5,)))
+    if rng.random() < 0.65:  # a lamp beside it (on the floor or a side table), by a bed often two
+        sides = [-1, 1] if bedroom and rng.random() < 0.5 else [rng.choice([-1, 1])]
+        for side in sides:
+            beside = in_front(main, -depth / 2 + 0.3, side * (width / 2 + rng.uniform(0.3, 0.45)))
+            items.append((beside, furniture.lamp, (not bedroom and rng.random() < 0.5,)))
     armchairs = 0 if bedroom else int(rng.choice([0, 0, 1, 2]))
     for side in rng.choice([-1, 1], armchairs):
         x, z, yaw = in_front(main, rng.uniform(1.5, 2.2), side * width * rng.uniform(0.5, 0.8))
