@@ -513,7 +513,7 @@ def test_loss_recipe_options_and_their_defaults():
     required = ["--data-dir", "d", "--output-dir", "o"]
     defaults = train.settings_from_args(parser.parse_args(required))
     assert defaults == train.TrainSettings()
-    # The best recipe measured on photo-like rooms (benchmarks/results/learning_recipes.json).
+    # The best recipe measured on photo-like rooms (benchmarks/results/learning.json).
     assert (defaults.class_balance, defaults.ohem_threshold, defaults.learning_rate) == (
         "sqrt-frequency", 0.7, 0.003
     )  # fmt: skip
