@@ -38,15 +38,20 @@ def dataset(tmp_path_factory) -> Path:
     return generate.generate_rooms(root, 5, 3, sizes=SMALL_SIZES, seed=0, workers=1)
 
 
-@pytest.fixture(scope="module")
-def photos() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """20 (scene, image, mask) at ADE20K sizes, as generate_rooms draws them for seed 1."""
+def draw_photos(count: int, sizes: tuple) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """`count` (scene, image, mask), as generate_rooms draws its training photos for seed 1."""
     drawn = []
-    for number in range(1, 21):
+    for number in range(1, count + 1):
         rng = np.random.default_rng([1, 0, number])
-        height, width = generate.PHOTO_SIZES[rng.integers(len(generate.PHOTO_SIZES))]
+        height, width = sizes[rng.integers(len(sizes))]
         drawn.append(generate.render_photo(rng, height, width))
     return drawn
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """20 photos at ADE20K sizes."""
+    return draw_photos(20, generate.PHOTO_SIZES)
 
 
 def test_layout_is_ade_challenge_data_and_prepare_keeps_every_sample(dataset, tmp_path):
@@ -147,10 +152,7 @@ def test_objects_are_framed_about_as_large_as_in_ade20k():
     within about a factor of two of that in the photos that hold it (60 small photos, seed 1)."""
     covered = {label: [] for label in WHITELIST.labels[1:]}
     table = WHITELIST.lookup_table()
-    for number in range(1, 61):
-        rng = np.random.default_rng([1, 0, number])
-        height, width = SMALL_SIZES[rng.integers(len(SMALL_SIZES))]
-        _, _, mask = generate.render_photo(rng, height, width)
+    for _, _, mask in draw_photos(60, SMALL_SIZES):
         shares = np.bincount(table[mask].ravel(), minlength=256) / mask.size
         for index, label in enumerate(WHITELIST.labels[1:], start=1):
             if shares[index]:
