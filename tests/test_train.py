@@ -515,7 +515,7 @@ def test_loss_recipe_options_and_their_defaults():
     assert defaults == train.TrainSettings()
     # The best recipe measured on photo-like rooms (benchmarks/results/learning.json).
     assert (defaults.class_balance, defaults.ohem_threshold, defaults.learning_rate) == (
-        "sqrt-frequency", 0.7, 0.003
+        "sqrt-frequency", 0.7, 0.01
     )  # fmt: skip
     assert (defaults.loss_resolution, defaults.focal_gamma, defaults.lovasz_weight) == (
         "output", 0.0, 0.0

@@ -28,7 +28,7 @@ class TrainSettings:
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the training records
     batch_size: int = 8  # per replica (see `scaling`)
-    learning_rate: float = 3e-3  # for one replica's batch
+    learning_rate: float = 1e-2  # for one replica's batch
     optimizer: str = "adam"
     schedule: str = "poly"
     loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.16)
