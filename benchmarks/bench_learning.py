@@ -49,6 +49,8 @@ ROOM_RECIPES = (
     ("sqrt-frequency", "--batch-size 4"),
     ("sqrt-frequency", "--max-class-weight 2"),  # weights within 0.5..2
     ("sqrt-frequency", "--lovasz-weight 1"),
+    ("sqrt-frequency", "--schedule cosine"),
+    ("sqrt-frequency", "--optimizer sgd"),  # momentum 0.9, as ICNet was trained
     ("sqrt-frequency", "--learning-rate 0.003"),  # the defaults before the rate was raised
     ("sqrt-frequency", "--learning-rate 0.003 --seed 1"),
     ("median-frequency", "--ohem-threshold 1 --learning-rate 0.001"),  # the first defaults
