@@ -465,7 +465,7 @@ def test_the_training_job_step_writes_worker_pools_a_custom_job_accepts(spec, tm
                "--data-dir", "/gcs/b/root/image-segmentation-1/prepare-2/prepared",
                "--output-dir", "/gcs/b/root/image-segmentation-1/training-job-3/model",
                "--image-size", "768", "--alpha", "0.5", "--epochs", "4", "--batch-size", "8",
-               "--learning-rate", "0.01", "--steps-per-epoch", "200", "--init", "imagenet",
+               "--learning-rate", "0.003", "--steps-per-epoch", "200", "--init", "imagenet",
                "--resize", "stretch"]  # fmt: skip
     chief = {
         "machine_spec": {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
@@ -575,7 +575,7 @@ def test_parameters_default_to_the_legacy_living_room_example(spec):
     assert defaults["whitelist"] == labels.LIVING_ROOM_WHITELIST
     assert defaults["threshold"] == 0.6
     assert defaults["batch_size"] == 8
-    assert defaults["learning_rate"] == 0.01  # the train stage's default
+    assert defaults["learning_rate"] == 0.003  # for its ImageNet start, below the stage's
     assert defaults["source_url"] == ade20k.OFFICIAL_URL
     assert defaults["source_sha1"] == ade20k.OFFICIAL_SHA1
     assert "defaultValue" not in parameters["destination"]  # required in the console form
