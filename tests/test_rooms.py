@@ -40,12 +40,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def draw_photos(count: int, sizes: tuple) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """`count` (scene, image, mask), as generate_rooms draws its training photos for seed 1."""
-    drawn = []
-    for number in range(1, count + 1):
-        rng = np.random.default_rng([1, 0, number])
-        height, width = sizes[rng.integers(len(sizes))]
-        drawn.append(generate.render_photo(rng, height, width))
-    return drawn
+    return [generate.draw_sample("training", 1, sizes, number) for number in range(1, count + 1)]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The entry points: `render_photo` draws one photo of a random scene kind and its ADE20K
-mask, `generate_rooms` writes a whole dataset in the ADEChallengeData2016 layout, each image
-from its own random stream so that a seed always gives the same bytes.
+mask, `draw_sample` one sample of a dataset from its own random stream, and `generate_rooms`
+writes a whole dataset of them in the ADEChallengeData2016 layout, so that a seed always gives
+the same bytes.
 """
 
 import functools
@@ -108,11 +109,17 @@ def render_photo(rng: np.random.Generator, height: int, width: int) -> tuple:
     return scene, _finish(rng, canvas), canvas.mask
 
 
-def _write_sample(dataset: Path, split: str, seed: int, sizes: tuple, number: int) -> str:
-    """Render and save one sample from its own random stream; its sceneCategories.txt line."""
+def draw_sample(split: str, seed: int, sizes: tuple, number: int) -> tuple:
+    """(scene, image, mask) of sample `number` of `split`, from its own random stream: the
+    same whichever worker draws it."""
     rng = np.random.default_rng([seed, ade20k.SPLITS.index(split), number])
     height, width = sizes[rng.integers(len(sizes))]
-    scene, image, mask = render_photo(rng, height, width)
+    return render_photo(rng, height, width)
+
+
+def _write_sample(dataset: Path, split: str, seed: int, sizes: tuple, number: int) -> str:
+    """Render and save one sample; its sceneCategories.txt line."""
+    scene, image, mask = draw_sample(split, seed, sizes, number)
     name = f"{ade20k.SPLIT_PREFIX[split]}_{number:08d}"
     Image.fromarray(image).save(
         dataset / "images" / split / f"{name}.jpg", quality=75, subsampling=2
