@@ -50,7 +50,8 @@ PIXELS = Normalization(scale=1.0, offset=0.0)  # no normalization: pixel values 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random changes applied to training samples only."""
+    """Random changes applied to training samples only. On the photo-like rooms (384, 180
+    epochs) the scale range 0.85..1.25 scored as this one, 0.5..2 and no scaling 0.05 lower."""
 
     min_scale: float = 0.75  # relative to the scale at which the image just covers the crop
     max_scale: float = 1.5
