@@ -54,8 +54,8 @@ def warm_start(work: Path, seed: int) -> dict:
     )
     warm = Path(tempfile.mkdtemp(prefix="warm-", dir=work))
     started = time.monotonic()
-    if cli.main(["train", "--data-dir", str(data), "--output-dir", str(warm),
-                 *train_args(WARM_SIZE, WARM_EPOCHS, seed)]) != 0:  # fmt: skip
+    folders = ["--data-dir", str(data), "--output-dir", str(warm)]
+    if cli.main(["train", *folders, *train_args(WARM_SIZE, WARM_EPOCHS, seed)]) != 0:
         raise RuntimeError("train failed")
     seconds = time.monotonic() - started
     fine = [*train_args(TARGET_SIZE, FINE_EPOCHS, seed), "--fine-tune-from", str(warm)]
@@ -80,7 +80,7 @@ def run() -> dict:
             )
             (scores,) = measured.pop("runs")
             del measured["train_args"]  # each run's are in it
-            if (size, epochs, photos) == RUNS[0][:3]:
+            if (size, epochs, photos) == RUNS[0][:3]:  # the target's runs (both seeds)
                 first = measured
                 in_budget(scores)
             else:
