@@ -69,7 +69,7 @@ GENERATORS = ("shapes", "rooms")  # synthetic.render_room's boxes, or generate.r
 TARGET_CLASS_IOU, TARGET_PRECISION, TARGET_MIOU = 0.5, 0.6, 0.75
 
 
-def _stage(*argv: str) -> None:
+def run_stage(*argv: str) -> None:
     if cli.main(list(argv)) != 0:
         raise RuntimeError(f"{argv[0]} failed")
 
@@ -86,7 +86,7 @@ def prepare_rooms(
     else:
         dataset = synthetic.generate_ade20k(root / "ade", num_train, num_val, seed=seed, rooms=True)
     data = root / "data"
-    _stage(
+    run_stage(
         "prepare", "--dataset-dir", str(dataset), "--output-dir", str(data),
         "--whitelist", labels.LIVING_ROOM_WHITELIST, "--threshold", "0",
         "--train-shards", "4", "--val-shards", "2",
@@ -105,12 +105,12 @@ def train_and_score(
     run_dir = tempfile.mkdtemp(prefix=f"{balance}-", dir=work)
     model, evaluation = Path(run_dir) / "model", Path(run_dir) / "evaluation"
     started = time.monotonic()
-    _stage(
+    run_stage(
         "train", "--data-dir", str(data), "--output-dir", str(model), *train_args,
         "--class-balance", balance, *recipe.split(),
     )  # fmt: skip
     seconds = time.monotonic() - started
-    _stage(
+    run_stage(
         "evaluate", "--model-dir", str(model), "--data-dir", str(unseen),
         "--output-dir", str(evaluation), "--report-images", "0",
     )  # fmt: skip
