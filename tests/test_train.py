@@ -352,6 +352,93 @@ def test_fine_tune_from_a_model_dir_local_or_in_gcs(run, gcs_client):
         trainer.load_fine_tune_weights(model, "gs://models/nothing", SETTINGS)
 
 
+WARM_EPOCHS, WARM_RATE = 3, 0.002
+
+
+def warm_start_args(data: Path, output: Path) -> list[str]:
+    return [
+        "train", "--data-dir", str(data), "--output-dir", str(output), "--image-size", "64",
+        "--warm-start-size", "32", "--warm-start-epochs", str(WARM_EPOCHS), "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "4", "--learning-rate", str(WARM_RATE),
+        "--schedule", "constant", "--seed", "3",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def warm_run(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("warm")
+    data = write_prepared(root / "data", num_train=16, num_val=4)
+    output = root / "model"
+    assert cli.main(warm_start_args(data, output)) == 0
+    return SimpleNamespace(data=data, output=output)
+
+
+def trainable(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights the optimizer moves (not batch normalization's moving statistics)."""
+    return {name: value for name, value in arrays.items() if "moving_" not in name}
+
+
+@pytest.mark.slow
+def test_a_warm_start_hands_its_last_weights_to_the_run(warm_run):
+    """Adam moves a weight by at most the rate a step, so after the run's own 2 steps every
+    weight is within 2 rates of where it started: the warm start's last weights. A start from
+    fresh weights would be further off: the warm start's 6 steps moved them further."""
+    directory = warm_run.output / checkpoints.DIRECTORY
+    warm = checkpoints.list_checkpoints(directory / trainer.WARM_START)
+    assert [path.name for path in warm][-1] == f"epoch-{WARM_EPOCHS:04d}.npz"
+    state = checkpoints.read_state(warm[-1])
+    assert [entry["epoch"] for entry in state["history"]] == [1, 2, 3]
+    assert state["run"]["image_size"] == [32, 32] and "warm_start_size" not in state["run"]
+    (own,) = checkpoints.list_checkpoints(directory)
+    assert saved(own, "optimizer")["adam/iteration"] == 2  # its own optimizer, not the warm one's
+    started = trainable(saved(warm[-1], "model"))
+    trained = trainable(saved(own, "model"))
+    assert started.keys() == trained.keys()
+    moved = max(np.abs(trained[name] - started[name]).max() for name in started)
+    assert 0 < moved <= 2 * WARM_RATE * 1.01
+    keras.utils.set_random_seed(3)  # the fresh weights both stages were built with
+    settings = train.TrainSettings(image_size=(32, 32), alpha=0.25)
+    fresh = trainable(values(trainer.build_model([1.0] * 4, settings, 10, False).weights))
+    assert max(np.abs(started[name] - fresh[name]).max() for name in started) > 3 * WARM_RATE
+    config = json.loads((warm_run.output / model_folder.CONFIG_FILE).read_text())
+    assert config["image_size"] == [64, 64]
+    assert (config["training"]["warm_start_size"], config["training"]["warm_start_epochs"]) == (
+        [32, 32], WARM_EPOCHS
+    )  # fmt: skip
+    history = json.loads((warm_run.output / model_folder.HISTORY_FILE).read_text())
+    assert [entry["epoch"] for entry in history] == [1]  # the run's own epochs
+    assert list((warm_run.output / "logs" / trainer.WARM_START).glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_warm_start_resumes_where_it_stopped(warm_run, tmp_path):
+    """A copy of the finished run as a kill during the warm start's last epoch leaves it: the
+    rerun trains that epoch, then the run; a rerun of the finished run trains nothing."""
+    output = tmp_path / "model"
+    shutil.copytree(warm_run.output, output)
+    directory = output / checkpoints.DIRECTORY
+    model_files = [output / model_folder.CONFIG_FILE, output / model_folder.WEIGHTS_FILE]
+    for path in [*checkpoints.list_checkpoints(directory), *model_files]:
+        path.unlink()
+    checkpoints.path_of(directory / trainer.WARM_START, WARM_EPOCHS).unlink()
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(warm_start_args(warm_run.data, output)) == 0
+    # Keras prints "Epoch i/n" when n > 1, and a line "2/2 - ..." (the steps) at each epoch's end.
+    assert re.findall(r"^Epoch \d+/\d+", stdout.getvalue(), re.MULTILINE) == [
+        f"Epoch {WARM_EPOCHS}/{WARM_EPOCHS}"
+    ]
+    assert len(re.findall(r"^2/2 - ", stdout.getvalue(), re.MULTILINE)) == 2  # and the run's
+    assert model_folder.is_complete(output)
+    warm = checkpoints.list_checkpoints(directory / trainer.WARM_START)
+    assert checkpoints.read_state(warm[-1])["epoch"] == WARM_EPOCHS
+    assert [path.name for path in checkpoints.list_checkpoints(directory)] == ["epoch-0001.npz"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(warm_start_args(warm_run.data, output)) == 0
+    assert not re.findall(r"^(Epoch \d|2/2 - )", stdout.getvalue(), re.MULTILINE)
+
+
 def test_batch_and_learning_rate_are_per_replica():
     settings = train.TrainSettings(batch_size=8, learning_rate=1e-3)
     assert train_settings.scaling(
@@ -500,9 +587,16 @@ def test_the_validation_log_names_each_class_iou_precision_and_recall():
         ({"repeat_threshold": 1.5}, r"--repeat-threshold must be a pixel share in \[0, 1\]"),
         ({"loss_resolution": "input"}, "--loss-resolution must be one of output, label"),
         ({"class_balance": "inverse"}, "--class-balance must be one of median-frequency, sqrt"),
+        ({"warm_start_epochs": -1}, "--warm-start-epochs must be >= 0, got -1"),
+        ({"warm_start_epochs": 5}, "--warm-start-size and --warm-start-epochs go together"),
+        ({"warm_start_size": (256, 256)}, "--warm-start-size and --warm-start-epochs go"),
+        (
+            {"warm_start_size": (250, 256), "warm_start_epochs": 5},
+            "--warm-start-size: image size 250x256 is not supported",
+        ),
     ],
 )
-def test_bad_loss_recipes_are_refused(changed, message):
+def test_bad_recipes_are_refused(changed, message):
     problems = train_settings.settings_problems(train.TrainSettings(**changed))
     assert len(problems) == 1 and re.match(message, problems[0]), problems
 
@@ -524,8 +618,12 @@ def test_loss_recipe_options_and_their_defaults():
         "--class-balance", "median-frequency", "--loss-resolution", "label",
         "--ohem-threshold", "0.5", "--ohem-min-kept", "0.2", "--focal-gamma", "2",
         "--lovasz-weight", "0.5", "--repeat-threshold", "0.01",
+        "--warm-start-size", "256x320", "--warm-start-epochs", "20",
     ]  # fmt: skip
     chosen = train.settings_from_args(parser.parse_args([*required, *recipes]))
+    assert (chosen.warm_start_size, chosen.warm_start_epochs) == ((256, 320), 20)
+    warm = train_settings.warm_start_settings(chosen)
+    assert (warm.image_size, warm.epochs, warm.warm_start_epochs) == ((256, 320), 20, 0)
     assert chosen.class_balance == "median-frequency" and chosen.loss_resolution == "label"
     assert (chosen.ohem_threshold, chosen.ohem_min_kept, chosen.focal_gamma) == (0.5, 0.2, 2.0)
     assert chosen.repeat_threshold == 0.01
@@ -545,6 +643,7 @@ def test_loss_recipe_options_and_their_defaults():
     key = train_settings.resume_key(chosen, scale, ["none"], False, [1.0])
     assert (key["loss_resolution"], key["ohem_threshold"], key["focal_gamma"]) == ("label", 0.5, 2)
     assert key["repeat_threshold"] == 0.01
+    assert (key["warm_start_size"], key["warm_start_epochs"]) == ([256, 320], 20)
 
 
 def test_a_run_with_every_loss_recipe_trains_and_records_them(small_data, tmp_path):

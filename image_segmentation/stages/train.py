@@ -62,6 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
     add(
+        "--warm-start-size",
+        type=parse_image_size,
+        default=None,
+        help="with --warm-start-epochs: first train that many epochs at this smaller size, then "
+        "--epochs at --image-size from those weights (cheaper epochs, so more of them)",
+    )
+    add(
+        "--warm-start-epochs",
+        type=int,
+        default=defaults.warm_start_epochs,
+        help="epochs of the warm start at --warm-start-size (default %(default)s: none)",
+    )
+    add(
         "--steps-per-epoch",
         type=int,
         default=None,

@@ -10,7 +10,7 @@ batch (`scaling`).
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from image_segmentation.data import photo_input
 from image_segmentation.model import shapes
@@ -40,6 +40,8 @@ class TrainSettings:
     focal_gamma: float = 0.0  # focal loss: each pixel's cross-entropy times (1 - p) ** gamma
     lovasz_weight: float = 0.0  # plus this times the Lovasz-softmax loss (mean IoU, smoothed)
     repeat_threshold: float = 0.0  # repeat-factor sampling of images with rarer classes; 0: off
+    warm_start_size: tuple[int, int] | None = None  # first train this many epochs at this size
+    warm_start_epochs: int = 0
     resize: str = photo_input.DEFAULT_RESIZE
     init: str = "random"  # or "imagenet", or a ResNet-50 weights file (`pretrained.py`)
     fine_tune_from: str | None = None
@@ -73,6 +75,13 @@ def settings_problems(settings: TrainSettings) -> list[str]:
     problems = shapes.problems(2, settings.image_size, settings.alpha)
     if settings.epochs < 1:
         problems.append(f"--epochs must be >= 1, got {settings.epochs}")
+    if settings.warm_start_epochs < 0:
+        problems.append(f"--warm-start-epochs must be >= 0, got {settings.warm_start_epochs}")
+    elif (settings.warm_start_size is None) != (settings.warm_start_epochs == 0):
+        problems.append("--warm-start-size and --warm-start-epochs go together: give both")
+    elif settings.warm_start_size is not None:
+        warm = shapes.problems(2, settings.warm_start_size, TrainSettings.alpha)  # the size alone
+        problems += [f"--warm-start-size: {problem}" for problem in warm]
     if settings.steps_per_epoch is not None and settings.steps_per_epoch < 1:
         problems.append(f"--steps-per-epoch must be >= 1, got {settings.steps_per_epoch}")
     if settings.batch_size < 1:
@@ -120,6 +129,17 @@ def settings_problems(settings: TrainSettings) -> list[str]:
     return problems
 
 
+def warm_start_settings(settings: TrainSettings) -> TrainSettings:
+    """The warm start's own run: --warm-start-epochs at --warm-start-size, alike otherwise."""
+    return replace(
+        settings,
+        image_size=settings.warm_start_size,
+        epochs=settings.warm_start_epochs,
+        warm_start_size=None,
+        warm_start_epochs=0,
+    )
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The settings the parsed command line asks for (each field is the option of its name)."""
     return TrainSettings(
@@ -132,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 # before them still resumes a run that asks for the same.
 OMITTED_WHEN = {
     "loss_resolution": "output", "ohem_threshold": None, "ohem_min_kept": 0.1, "focal_gamma": 0.0,
-    "lovasz_weight": 0.0, "repeat_threshold": 0.0,
+    "lovasz_weight": 0.0, "repeat_threshold": 0.0, "warm_start_size": None, "warm_start_epochs": 0,
 }  # fmt: skip
 
 # Settings that a checkpoint need not share with the run that resumes it, and why. The others

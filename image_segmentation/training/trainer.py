@@ -26,6 +26,12 @@ pruned to ICNet's widths by L1 norm, as the ICNet paper compressed its network
 holds the weights of the epoch with the best validation mean IoU, not the last epoch's, and
 says which epoch that was; history.json keeps every epoch.
 
+With --warm-start-epochs the run first trains that many epochs at the smaller
+--warm-start-size (cheaper epochs, so more of them for the time), checkpointed in
+checkpoints/warm-start/, then its --epochs at --image-size from the warm start's last weights,
+each stage with its own learning-rate schedule. After the warm start's last step every machine
+holds the same weights, so the second stage starts alike everywhere without reading a file.
+
 Photos become the model's input as --resize says (`preprocessing.py`), recorded in config.json
 for every later stage: "stretch" (the whole photo, aspect not kept) or "crop" (the centred
 window of the input's aspect).
@@ -38,7 +44,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -58,12 +64,31 @@ from image_segmentation.training.settings import (
     resume_key,
     scaling,
     settings_problems,
+    warm_start_settings,
 )
 
 log = logging.getLogger(__name__)
 
 MAIN_OUTPUT = icnet.INFERENCE_OUTPUT
 NORMALIZATION = dataset.Normalization()  # the legacy x/255 - 0.5; recorded in config.json
+WARM_START = "warm-start"  # the warm start's checkpoints and scalars, beside the run's own
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the stages of one training run share (a warm start, then the run proper)."""
+
+    data: PreparedData
+    output_dir: Path
+    strategy: tf.distribute.Strategy
+    task: str  # this machine in the logs, e.g. "chief 0" or "worker 1"
+    chief: bool
+    mixed_precision: bool
+    class_weights: list[float]
+
+    def checkpoints(self, stage: str | None = None) -> Path:
+        directory = self.output_dir / checkpoints.DIRECTORY
+        return directory / stage if stage else directory
 
 
 def check_settings(settings: TrainSettings) -> None:
@@ -240,9 +265,10 @@ def training_data(
 
 
 def chief_callbacks(
-    data: PreparedData, settings: TrainSettings, output_dir: Path, history: list[dict], key: dict
+    run: Run, settings: TrainSettings, stage: str | None, history: list[dict], key: dict
 ) -> tuple[callbacks.Validation, list[keras.callbacks.Callback]]:
     """The chief's validation and its callbacks, the checkpoint last: it commits the epoch."""
+    data = run.data
     val_data = dataset.make_dataset(
         data.shards["val"],
         settings.image_size,
@@ -255,13 +281,17 @@ def chief_callbacks(
     return validation, [
         validation,
         callbacks.LearningRate(),
-        callbacks.Scalars(tensorboard_dir(output_dir)),
-        callbacks.EpochCheckpoint(output_dir / checkpoints.DIRECTORY, history, key),
+        callbacks.Scalars(str(Path(tensorboard_dir(run.output_dir), stage or ""))),
+        callbacks.EpochCheckpoint(run.checkpoints(stage), history, key),
     ]
 
 
 def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     """Train (or resume), write the model directory, return the final metrics.
+
+    With --warm-start-epochs the run first trains those epochs at --warm-start-size, then its
+    --epochs at --image-size from the warm start's last weights; a run restarted during the
+    warm start resumes it, one restarted after it resumes the second stage.
 
     On several machines every one trains, and only the chief writes and returns the metrics
     (the others return {}).
@@ -269,48 +299,93 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
     check_settings(settings)
     tf_config = cluster.cluster_config(os.environ)
     strategy = distribute.make_strategy(tf_config)  # first: it may set up TensorFlow's devices
-    chief = cluster.is_chief(tf_config)
     data = data_folder.read_prepared(data_dir)
-    output_dir = Path(output_dir)
-    mixed = use_mixed_precision(settings.mixed_precision)
-    scale = scaling(settings, strategy.num_replicas_in_sync, data.records["train"])
-    weights = class_weights(data, settings)
-    key = resume_key(settings, scale, data.labels, mixed, weights)
-    resume_from = checkpoints.latest(output_dir / checkpoints.DIRECTORY, key)  # the chief's
+    run = Run(
+        data,
+        Path(output_dir),
+        strategy,
+        cluster.task_name(tf_config),
+        cluster.is_chief(tf_config),
+        use_mixed_precision(settings.mixed_precision),
+        class_weights(data, settings),
+    )
+    start = None
+    if settings.warm_start_epochs and not checkpoints.list_checkpoints(run.checkpoints()):
+        warm = warm_start_settings(settings)
+        log.info(
+            "warm start: %d epochs at %s, then %d at %s",
+            warm.epochs, "x".join(map(str, warm.image_size)),
+            settings.epochs, "x".join(map(str, settings.image_size)),
+        )  # fmt: skip
+        start, *_ = fit_stage(run, warm, WARM_START)
+    model, history, validation, scale = fit_stage(run, settings, start=start)
+    if not run.chief:
+        log.info("done: the chief writes the model dir %s", output_dir)
+        return {}
+    best = publish_best_epoch(model, run.checkpoints(), history, validation)
+    final = {f"val_{name}": value for name, value in validation.evaluate_once(model).items()}
+    final["best_epoch"] = best
+    final["epochs"] = len(history)
+    final["final_loss"] = history[-1].get("loss") if history else None
+    write_model_dir(run, model, settings, history, final, scale)
+    log.info(
+        "done: val pixel accuracy %s, val mean IoU %s -> %s",
+        final["val_pixel_accuracy"],
+        final[checkpoints.BEST_METRIC],
+        output_dir,
+    )
+    return final
+
+
+def fit_stage(
+    run: Run, settings: TrainSettings, stage: str | None = None, start: keras.Model | None = None
+) -> tuple[keras.Model, list[dict], callbacks.Validation | None, Scaling]:
+    """Build the model `settings` describe; start it from the stage's latest checkpoint, else
+    from `start`'s weights, else as --fine-tune-from or --init say; fit the epochs left.
+    Returns the model, the history, the chief's validation (None elsewhere) and the scaling."""
+    data = run.data
+    scale = scaling(settings, run.strategy.num_replicas_in_sync, data.records["train"])
+    key = resume_key(settings, scale, data.labels, run.mixed_precision, run.class_weights)
+    resume_from = checkpoints.latest(run.checkpoints(stage), key)  # the chief's
     keras.utils.set_random_seed(settings.seed)  # the same everywhere: see shard_by_data
     log.info(
         "training on %d records, validating on %d; %d classes, %s, alpha %s, "
         "%d steps x %d epochs, mixed precision %s",
         data.records["train"], data.records["val"], len(data.labels),
         "x".join(map(str, settings.image_size)), settings.alpha,
-        scale.steps_per_epoch, settings.epochs, "on" if mixed else "off",
+        scale.steps_per_epoch, settings.epochs, "on" if run.mixed_precision else "off",
     )  # fmt: skip
     log.info(
         "%s: %d replica(s) x batch %d = global batch %d, learning rate %g (%g per replica)",
-        cluster.task_name(tf_config), scale.replicas, settings.batch_size,
-        scale.global_batch_size, scale.learning_rate, settings.learning_rate,
+        run.task, scale.replicas,
+        settings.batch_size, scale.global_batch_size, scale.learning_rate, settings.learning_rate,
     )  # fmt: skip
-    with strategy.scope():
+    with run.strategy.scope():
         total_steps = scale.steps_per_epoch * settings.epochs
-        model = build_model(weights, settings, total_steps, mixed, scale.replicas)
+        model = build_model(
+            run.class_weights, settings, total_steps, run.mixed_precision, scale.replicas
+        )
         history: list[dict] = []
         if resume_from:
             history = checkpoints.restore(resume_from, model)["history"]
             log.info("resuming from %s (epoch %d done)", resume_from.name, len(history))
             if settings.fine_tune_from or settings.init != "random":
                 log.info("not initializing the weights again: the checkpoint supersedes that")
+        elif start is not None:
+            copy_weights(start, model)
+            log.info("starting from the warm start's last weights")
         else:
             report = None
             if settings.fine_tune_from:
                 load_fine_tune_weights(model, settings.fine_tune_from, settings)
             elif settings.init != "random":
                 report = pretrained.initialize(model, settings.init)
-            if chief:  # read back for config.json, also by a resumed run
-                checkpoints.save_init_report(output_dir / checkpoints.DIRECTORY, report)
+            if run.chief:  # read back for config.json, also by a resumed run
+                checkpoints.save_init_report(run.checkpoints(), report)
     train_data = training_data(data, settings, scale, output_sizes(model, settings))
     validation, chief_only = None, []  # only the chief validates and writes
-    if chief:
-        validation, chief_only = chief_callbacks(data, settings, output_dir, history, key)
+    if run.chief:
+        validation, chief_only = chief_callbacks(run, settings, stage, history, key)
     if len(history) < settings.epochs:
         model.fit(
             train_data,
@@ -321,22 +396,7 @@ def train(data_dir: Path, output_dir: Path, settings: TrainSettings) -> dict:
             shuffle=False,  # the dataset shuffles itself (Keras cannot shuffle a tf.data one)
             verbose=2,
         )
-    if not chief:
-        log.info("done: the chief writes the model dir %s", output_dir)
-        return {}
-    best = publish_best_epoch(model, output_dir / checkpoints.DIRECTORY, history, validation)
-    final = {f"val_{name}": value for name, value in validation.evaluate_once(model).items()}
-    final["best_epoch"] = best
-    final["epochs"] = len(history)
-    final["final_loss"] = history[-1].get("loss") if history else None
-    write_model_dir(output_dir, model, data, settings, history, final, scale, mixed, weights)
-    log.info(
-        "done: val pixel accuracy %s, val mean IoU %s -> %s",
-        final["val_pixel_accuracy"],
-        final[checkpoints.BEST_METRIC],
-        output_dir,
-    )
-    return final
+    return model, history, validation, scale
 
 
 def publish_best_epoch(
@@ -358,33 +418,31 @@ def publish_best_epoch(
 
 
 def write_model_dir(
-    output_dir: Path,
+    run: Run,
     model: keras.Model,
-    data: PreparedData,
     settings: TrainSettings,
     history: list[dict],
     scores: dict,
     scale: Scaling,
-    mixed_precision: bool,
-    weights: list[float],
 ) -> None:
     """The model folder (model_folder.py): weights, history, scores, and config.json last."""
+    data = run.data
     training = asdict(settings)
     del training["image_size"], training["alpha"], training["resize"]
     training |= {
         "steps_per_epoch": scale.steps_per_epoch,
-        "mixed_precision": "on" if mixed_precision else "off",
+        "mixed_precision": "on" if run.mixed_precision else "off",
         "replicas": scale.replicas,
         "global_batch_size": scale.global_batch_size,
         "effective_learning_rate": scale.learning_rate,
         "train_records": data.records["train"],
         "val_records": data.records["val"],
-        "class_weights": dict(zip(data.labels, weights, strict=True)),
+        "class_weights": dict(zip(data.labels, run.class_weights, strict=True)),
         "best_epoch": scores["best_epoch"],
-        "init_report": checkpoints.read_init_report(output_dir / checkpoints.DIRECTORY),
+        "init_report": checkpoints.read_init_report(run.checkpoints()),
     }
     model_folder.write_model_dir(
-        output_dir,
+        run.output_dir,
         write_weights=model.save_weights,
         config={
             "labels": data.labels,
