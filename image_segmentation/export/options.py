@@ -153,6 +153,6 @@ def check_options(options: ExportOptions) -> None:
     if not options.model_name or "/" in options.model_name or options.model_name.startswith("."):
         problems.append(f"bad model name {options.model_name!r}: it names the exported files")
     if options.image_size is not None:
-        problems += shapes.problems(2, options.image_size, 1.0)
+        problems += shapes.size_problems(options.image_size)
     if problems:
         raise StageError("; ".join(problems))

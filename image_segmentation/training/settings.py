@@ -80,7 +80,7 @@ def settings_problems(settings: TrainSettings) -> list[str]:
     elif (settings.warm_start_size is None) != (settings.warm_start_epochs == 0):
         problems.append("--warm-start-size and --warm-start-epochs go together: give both")
     elif settings.warm_start_size is not None:
-        warm = shapes.problems(2, settings.warm_start_size, TrainSettings.alpha)  # the size alone
+        warm = shapes.size_problems(settings.warm_start_size)
         problems += [f"--warm-start-size: {problem}" for problem in warm]
     if settings.steps_per_epoch is not None and settings.steps_per_epoch < 1:
         problems.append(f"--steps-per-epoch must be >= 1, got {settings.steps_per_epoch}")
