@@ -53,21 +53,28 @@ def make_masks(seed: int = 0) -> list[np.ndarray]:
     return masks
 
 
-def write_data_dir(path, masks, class_labels=LABELS):
-    """A prepare-stage output: two val shards of JPEG images + PNG masks, no train records."""
-    val = [
+def shards_of(split: str, *chunks) -> list[list[bytes]]:
+    """Shards of JPEG images (each mask's classes in COLORS) + PNG masks, one per chunk."""
+    return [
         [
             records.segmentation_example(
                 encode(COLORS[mask], "JPEG"),
-                f"val_{shard}_{number}.jpg",
+                f"{split}_{shard}_{number}.jpg",
                 *mask.shape,
                 encode(mask, "PNG"),
             )
             for number, mask in enumerate(chunk)
         ]
-        for shard, chunk in enumerate((masks[:3], masks[3:]))
+        for shard, chunk in enumerate(chunks)
     ]
-    return write_folder(path, {"train": [], "val": val}, class_labels)
+
+
+def write_data_dir(path, masks, class_labels=LABELS, train_masks=()):
+    """A prepare-stage output: two val shards of `masks`, and one train shard of
+    `train_masks` if any."""
+    train = shards_of("train", train_masks) if train_masks else []
+    val = shards_of("val", masks[:3], masks[3:])
+    return write_folder(path, {"train": train, "val": val}, class_labels)
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +281,24 @@ def test_a_centre_cropping_model_is_scored_on_the_window_it_sees(data_dir, masks
     prediction = examples[0].prediction
     assert (prediction[:, :10] == dataset.IGNORE).all() and (prediction[:, 50:] == 255).all()
     assert (prediction[:, 10:50] < 3).all() and examples[0].pixel_accuracy > 0.9
+
+
+def test_score_can_score_the_training_split(tmp_path, masks):
+    """split="train" scores the photos a model trained on (how well it fits them), every one
+    and none of the val split's."""
+    training = make_masks(seed=1)[:4]
+    path = write_data_dir(tmp_path, masks, train_masks=training)
+
+    def scored(split: str) -> dict:
+        return evaluator.score(
+            colour_model(), LABELS, MODEL_SIZE, NORMALIZATION, "stretch", path, "m", split=split
+        )
+
+    fit, unseen = scored("train"), scored("val")
+    assert fit["images"] == 4 and unseen["images"] == 5
+    assert sum(fit["class_pixels"].values()) == labelled(training)
+    assert sum(unseen["class_pixels"].values()) == labelled(masks)
+    assert fit["pixel_accuracy"] > 0.9  # the colour model is right on these photos too
 
 
 def test_a_mask_value_beyond_the_labels_is_refused(data_dir):

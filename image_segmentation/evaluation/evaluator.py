@@ -66,8 +66,8 @@ def validation_batches(
     batch_size: int,
     max_images: int | None,
 ) -> tf.data.Dataset:
-    """Batches of the val records in file order: the model input, the original sample and the
-    window of it the model sees.
+    """Batches of the records of `shards` in file order: the model input, the original sample
+    and the window of it the model sees.
 
     Originals differ in size, so they are padded to the largest of the batch; "size" gives
     each one's true (height, width).
@@ -276,17 +276,20 @@ def score(
     name: str,
     batch_size: int = 8,
     max_images: int | None = None,
+    split: str = "val",
 ) -> dict:
     """The metrics summary (its `miou` is the gate's) of a model on the val split of
     `data_dir`, scored as `evaluate` scores a model folder: inputs of `size` made with the
     model's normalization and resize mode, every labelled pixel at the annotation's size,
-    one confusion matrix. `predict` is a Keras model or a batch function."""
-    data = data_folder.read_prepared(data_dir, splits=("val",))
+    one confusion matrix. `predict` is a Keras model or a batch function. split="train"
+    scores the photos a model trained on: how well it fits them, against how well it
+    generalizes."""
+    data = data_folder.read_prepared(data_dir, splits=(split,))
     check_labels(labels, data.labels)
-    total = data.records["val"] if max_images is None else min(data.records["val"], max_images)
+    total = data.records[split] if max_images is None else min(data.records[split], max_images)
     batches = validation_batches(
-        data.shards["val"], size, normalization, resize, batch_size, max_images
+        data.shards[split], size, normalization, resize, batch_size, max_images
     )
-    log.info("scoring %s on %d validation images of %s (%s resize)", name, total, data_dir, resize)
+    log.info("scoring %s on %d %s images of %s (%s resize)", name, total, split, data_dir, resize)
     confusion, _, seen = evaluate_model(predict, batches, len(data.labels), total, 0)
     return {**metrics.summary(confusion, data.labels), "images": seen}
