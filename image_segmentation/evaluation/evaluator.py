@@ -278,12 +278,12 @@ def score(
     max_images: int | None = None,
     split: str = "val",
 ) -> dict:
-    """The metrics summary (its `miou` is the gate's) of a model on the val split of
-    `data_dir`, scored as `evaluate` scores a model folder: inputs of `size` made with the
-    model's normalization and resize mode, every labelled pixel at the annotation's size,
-    one confusion matrix. `predict` is a Keras model or a batch function. split="train"
-    scores the photos a model trained on: how well it fits them, against how well it
-    generalizes."""
+    """The metrics summary (its `miou` is the gate's) of a model on a split of `data_dir`
+    (val unless `split` says otherwise), scored as `evaluate` scores a model folder: inputs
+    of `size` made with the model's normalization and resize mode, every labelled pixel at
+    the annotation's size, one confusion matrix. `predict` is a Keras model or a batch
+    function. split="train" scores the photos a model trained on: how well it fits them,
+    against how well it generalizes."""
     data = data_folder.read_prepared(data_dir, splits=(split,))
     check_labels(labels, data.labels)
     total = data.records[split] if max_images is None else min(data.records[split], max_images)
