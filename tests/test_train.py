@@ -439,6 +439,7 @@ def test_a_warm_start_resumes_where_it_stopped(warm_run, tmp_path):
     warm = checkpoints.list_checkpoints(directory / trainer.WARM_START)
     assert checkpoints.read_state(warm[-1])["epoch"] == WARM_EPOCHS
     (own,) = checkpoints.list_checkpoints(directory)
+    assert own.name == "epoch-0001.npz"
     assert_trained_from(trainable(saved(warm[-1], "model")), own)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
